@@ -1,0 +1,364 @@
+"""NodeCore: every decision a node makes, as a pure state machine.
+
+`step(now_ms, input) -> Ready` is the whole interface (DESIGN.md "The shape"). The core never
+awaits, sends, reads a clock, touches disk or draws global randomness, so the same core runs
+under the trio runtime (`node.runtime`), in local swarms, and in the simulator, and a
+simulation replays bit-for-bit. The runtime executes what `Ready` lists, in order.
+
+What the core decides today: when to announce our capacity (periodically, and soon after a
+new peer arrives so it learns of us without waiting a full interval), what to make of each
+announcement gossiped to us, which peers misbehave badly enough to drop, and which known
+nodes to dial when we have too few peers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p2p.announcements import (
+    TOPIC_CAPACITY,
+    AnnouncementBook,
+    BookConfig,
+    CapacityAnnouncement,
+    GpuSpec,
+    SupplyTotals,
+    Verdict,
+    decode_announcement,
+)
+from p2p.errors import BadSignature, DecodeError
+from p2p.identity import Identity, peer_id_from_public_key, short_peer
+from p2p.transport import PeerId
+from p2p.wire import sign
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Everything the core needs to know about its node; built from NodeConfig by the runtime."""
+
+    chain_id: bytes
+    region: str
+    gpus: tuple[GpuSpec, ...]
+    gpu_source: str
+    price_per_gpu_hour: int
+    announce_interval_ms: int = 2_000
+    announcement_ttl_ms: int = 30_000
+    reannounce_after_peer_ms: int = 1_200
+    """Delay after a new peer connects before we re-announce: one gossip heartbeat (1 s) lets
+    the mesh graft the newcomer first, so the announcement reaches it."""
+    peers_target: int = 6
+    """Below this many connected peers, the core dials nodes it knows from announcements."""
+    dial_retry_ms: int = 10_000
+    penalties_max: int = 5
+    """A peer that sends this many messages no honest node sends is disconnected."""
+    book: BookConfig = field(default_factory=BookConfig)
+
+    def __post_init__(self) -> None:
+        if self.announcement_ttl_ms <= self.announce_interval_ms:
+            raise ValueError("announcement_ttl_ms must exceed announce_interval_ms")
+        if self.announcement_ttl_ms > self.book.ttl_max_ms:
+            raise ValueError("announcement_ttl_ms exceeds what peers accept (book.ttl_max_ms)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; nothing else happened."""
+
+
+@dataclass(frozen=True)
+class GossipIn:
+    topic: str
+    data: bytes
+    origin: PeerId
+
+
+@dataclass(frozen=True)
+class PeerUp:
+    peer: PeerId
+
+
+@dataclass(frozen=True)
+class PeerDown:
+    peer: PeerId
+
+
+@dataclass(frozen=True)
+class LocalLoad:
+    """The runtime measured how busy our GPUs are."""
+
+    free_gpus: int
+    load_permille: int
+
+
+@dataclass(frozen=True)
+class ListenAddrs:
+    """The addresses we are reachable at, once the transport has bound them."""
+
+    addrs: tuple[str, ...]
+
+
+Input = Tick | GossipIn | PeerUp | PeerDown | LocalLoad | ListenAddrs
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    peer: PeerId
+    reason: str
+
+
+@dataclass(frozen=True)
+class Dial:
+    peer: PeerId
+    addrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something worth a structured log line and a metric; `fields` keeps a stable order."""
+
+    name: str
+    fields: tuple[tuple[str, str | int], ...] = ()
+
+    def as_dict(self) -> dict[str, str | int]:
+        return dict(self.fields)
+
+
+@dataclass
+class Ready:
+    """What the runtime must do after a step, in this order: publish, disconnect, dial, log."""
+
+    publish: list[Publish] = field(default_factory=list)
+    disconnect: list[Disconnect] = field(default_factory=list)
+    dial: list[Dial] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    wake_at_ms: int = 0
+    """Step the core again (with Tick) no later than this."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The core
+
+
+class NodeCore:
+    """One node's protocol state. Drive it with `step`; never mutate it from outside."""
+
+    def __init__(self, identity: Identity, config: CoreConfig) -> None:
+        self.identity = identity
+        self.config = config
+        self.book = AnnouncementBook(config.chain_id, config.book)
+        self.peers: set[PeerId] = set()
+        self._addrs: tuple[str, ...] = ()
+        self._seq = 0
+        self._free_gpus = sum(g.count for g in config.gpus)
+        self._load_permille = 0
+        self._next_announce_ms = 0
+        self._penalties: dict[PeerId, int] = {}
+        self._last_dial_ms: dict[PeerId, int] = {}
+        self.verdict_counts: dict[str, int] = {}
+
+    # -- the one entry point -------------------------------------------------------------------
+
+    def step(self, now_ms: int, inp: Input) -> Ready:
+        ready = Ready()
+        match inp:
+            case GossipIn(topic=topic, data=data, origin=origin):
+                self._on_gossip(now_ms, topic, data, origin, ready)
+            case PeerUp(peer=peer):
+                self.peers.add(peer)
+                self._next_announce_ms = min(
+                    self._next_announce_ms, now_ms + self.config.reannounce_after_peer_ms
+                )
+                ready.events.append(Event("peer_up", (("peer", short_peer(peer)),)))
+            case PeerDown(peer=peer):
+                self.peers.discard(peer)
+                ready.events.append(Event("peer_down", (("peer", short_peer(peer)),)))
+            case LocalLoad(free_gpus=free, load_permille=load):
+                free = min(free, sum(g.count for g in self.config.gpus))
+                if (free, load) != (self._free_gpus, self._load_permille):
+                    self._free_gpus, self._load_permille = free, min(load, 1000)
+                    self._next_announce_ms = now_ms
+            case ListenAddrs(addrs=addrs):
+                self._addrs = addrs
+                self._next_announce_ms = now_ms
+            case Tick():
+                pass
+        self._on_time(now_ms, ready)
+        ready.wake_at_ms = self._next_wake_ms(now_ms)
+        return ready
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    def _on_gossip(
+        self, now_ms: int, topic: str, data: bytes, origin: PeerId, ready: Ready
+    ) -> None:
+        if topic != TOPIC_CAPACITY:
+            ready.events.append(Event("gossip_unknown_topic", (("topic", topic[:64]),)))
+            return
+        try:
+            signed = decode_announcement(data, self.config.chain_id)
+        except BadSignature as exc:
+            verdict, reason = Verdict.BAD_SIGNATURE, str(exc)
+        except DecodeError as exc:
+            verdict, reason = Verdict.MALFORMED, str(exc)
+        else:
+            verdict = self.book.offer(signed, now_ms)
+            reason = verdict.value
+        self.verdict_counts[verdict.value] = self.verdict_counts.get(verdict.value, 0) + 1
+        if verdict is Verdict.ACCEPTED:
+            ann = signed.record
+            ready.events.append(
+                Event(
+                    "announcement_accepted",
+                    (
+                        ("from", short_peer(peer_id_from_public_key(ann.node_id))),
+                        ("seq", ann.seq),
+                        ("issued_ms", ann.issued_ms),
+                        ("gpus", ann.gpu_total),
+                    ),
+                )
+            )
+        elif verdict in (Verdict.DUPLICATE, Verdict.STALE):
+            return  # normal under gossip: late or repeated copies
+        else:
+            ready.events.append(
+                Event(
+                    "announcement_rejected",
+                    (
+                        ("origin", short_peer(origin)),
+                        ("verdict", verdict.value),
+                        ("reason", reason[:200]),
+                    ),
+                )
+            )
+            if verdict.penalises_sender:
+                self._penalise(origin, verdict.value, ready)
+
+    def _penalise(self, peer: PeerId, reason: str, ready: Ready) -> None:
+        count = self._penalties.get(peer, 0) + 1
+        self._penalties[peer] = count
+        if count >= self.config.penalties_max and peer in self.peers:
+            ready.disconnect.append(Disconnect(peer, f"{count} penalties, last: {reason}"))
+            self._penalties[peer] = 0
+
+    def _on_time(self, now_ms: int, ready: Ready) -> None:
+        for node_id in self.book.expire(now_ms):
+            ready.events.append(
+                Event(
+                    "announcement_expired",
+                    (("from", short_peer(peer_id_from_public_key(node_id))),),
+                )
+            )
+        if now_ms >= self._next_announce_ms:
+            ready.publish.append(Publish(TOPIC_CAPACITY, self._announce(now_ms)))
+            self._next_announce_ms = now_ms + self.config.announce_interval_ms
+        self._plan_dials(now_ms, ready)
+
+    def _announce(self, now_ms: int) -> bytes:
+        """Sign a fresh announcement and hold it in our own book too (we are part of supply).
+
+        seq is max(last + 1, now_ms): strictly increasing, and after a restart (which loses the
+        counter) still above anything we signed before, so peers do not reject us as stale.
+        """
+        self._seq = max(self._seq + 1, now_ms)
+        ann = CapacityAnnouncement(
+            node_id=self.identity.public_key,
+            seq=self._seq,
+            issued_ms=now_ms,
+            expires_ms=now_ms + self.config.announcement_ttl_ms,
+            region=self.config.region,
+            gpus=self.config.gpus,
+            price_per_gpu_hour=self.config.price_per_gpu_hour,
+            free_gpus=self._free_gpus,
+            load_permille=self._load_permille,
+            gpu_source=self.config.gpu_source,
+            addrs=self._addrs[:8],
+        )
+        signed = sign(ann, self.identity, self.config.chain_id)
+        verdict = self.book.offer(signed, now_ms)
+        if verdict is not Verdict.ACCEPTED:
+            raise AssertionError(f"our own announcement was refused: {verdict}")  # our bug
+        return signed.encode()
+
+    def _plan_dials(self, now_ms: int, ready: Ready) -> None:
+        """Dial known but unconnected nodes while below peers_target, each at most once per
+        dial_retry_ms; the order is by node id, so every run makes the same choices."""
+        missing = self.config.peers_target - len(self.peers)
+        if missing <= 0:
+            return
+        for ann in self.book.live(now_ms):
+            if missing <= 0:
+                break
+            peer = peer_id_from_public_key(ann.node_id)
+            if peer == self.identity.peer_id or peer in self.peers or not ann.addrs:
+                continue
+            if (
+                now_ms - self._last_dial_ms.get(peer, -self.config.dial_retry_ms)
+                < self.config.dial_retry_ms
+            ):
+                continue
+            self._last_dial_ms[peer] = now_ms
+            ready.dial.append(Dial(peer, ann.addrs))
+            missing -= 1
+
+    def _next_wake_ms(self, now_ms: int) -> int:
+        wake = self._next_announce_ms
+        live = self.book.live(now_ms)
+        if live:
+            wake = min(wake, min(a.expires_ms for a in live))
+        if len(self.peers) < self.config.peers_target:
+            wake = min(wake, now_ms + self.config.dial_retry_ms)
+        return max(wake, now_ms + 1)
+
+    # -- read-only views -----------------------------------------------------------------------
+
+    def supply(self, now_ms: int) -> SupplyTotals:
+        return self.book.totals(now_ms)
+
+    def status(self, now_ms: int) -> dict[str, object]:
+        """A JSON-ready snapshot for the status endpoint and `gpumesh node status`."""
+        totals = self.book.totals(now_ms)
+        return {
+            "peer_id": self.identity.peer_id,
+            "region": self.config.region,
+            "peers": sorted(self.peers),
+            "announce_seq": self._seq,
+            "supply": {
+                "nodes": totals.nodes,
+                "gpus": totals.gpus,
+                "free_gpus": totals.free_gpus,
+                "gpus_by_model": dict(totals.gpus_by_model),
+            },
+            "announcements": [_row(a, now_ms) for a in self.book.live(now_ms)],
+            "verdicts": dict(sorted(self.verdict_counts.items())),
+        }
+
+
+def _row(ann: CapacityAnnouncement, now_ms: int) -> dict[str, object]:
+    return {
+        "peer_id": peer_id_from_public_key(ann.node_id),
+        "region": ann.region,
+        "gpus": [[g.model, g.count, g.memory_mib] for g in ann.gpus],
+        "gpu_total": ann.gpu_total,
+        "free_gpus": ann.free_gpus,
+        "price_per_gpu_hour": ann.price_per_gpu_hour,
+        "load_permille": ann.load_permille,
+        "gpu_source": ann.gpu_source,
+        "seq": ann.seq,
+        "age_ms": now_ms - ann.issued_ms,
+        "expires_in_ms": ann.expires_ms - now_ms,
+    }

@@ -1,0 +1,77 @@
+"""Canonical, strict, bounded msgpack: the one place bytes become values and back.
+
+Signed data must have exactly one encoding, or two honest nodes could disagree on what was
+signed. We therefore allow only unsigned/signed ints, byte strings and arrays (no maps, no
+floats, no text type: text travels as UTF-8 bytes), and reject any input that does not
+re-encode to the very same bytes. Limits on size and nesting are checked before and after
+msgpack so hostile input costs bounded work.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import msgpack
+
+from p2p.errors import DecodeError
+
+Value: TypeAlias = int | bytes | list["Value"]
+
+FRAME_BYTES_MAX = 256 * 1024
+"""Default cap on one encoded frame; callers pass their own where it differs."""
+DEPTH_MAX = 8
+"""Arrays nest at most this deep; our deepest record uses 4."""
+
+# msgpack signals bad input with these; TypeError is deliberately absent so that a wrong
+# call of ours still crashes loudly instead of reading as a peer's fault.
+_UNPACK_ERRORS = (ValueError, OverflowError, msgpack.UnpackException)
+
+
+def pack(value: Value | tuple[Value, ...]) -> bytes:
+    """Encode a canonical value. Anything else is our bug and raises TypeError."""
+    _check_shape(value, DEPTH_MAX, local=True)
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes, *, max_bytes: int = FRAME_BYTES_MAX, max_depth: int = DEPTH_MAX) -> Value:
+    """Decode bytes from a peer; raise DecodeError for anything but one canonical value."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    size = len(data)
+    if size == 0:
+        raise DecodeError("empty frame")
+    if size > max_bytes:
+        raise DecodeError(f"frame of {size} bytes exceeds the limit of {max_bytes}")
+    try:
+        value = msgpack.unpackb(
+            bytes(data),
+            raw=True,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=max_bytes,
+            max_str_len=max_bytes,
+            max_array_len=max_bytes,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except _UNPACK_ERRORS as exc:
+        raise DecodeError(f"malformed msgpack: {exc}") from None
+    _check_shape(value, max_depth, local=False)
+    if msgpack.packb(value, use_bin_type=True) != bytes(data):
+        raise DecodeError("non-canonical encoding (the same value has a shorter or binary form)")
+    return value  # type: ignore[no-any-return]
+
+
+def _check_shape(value: object, depth_left: int, *, local: bool) -> None:
+    """Only ints, bytes and arrays, nested at most `depth_left` deep."""
+    error: type[Exception] = TypeError if local else DecodeError
+    # Tuples are accepted from our own code only: from the wire, msgpack yields lists, and the
+    # one tuple it can yield is an ExtType (a zero-length ext passes max_ext_len=0).
+    sequence = list | tuple if local else list
+    if isinstance(value, bool) or not isinstance(value, int | bytes | sequence):
+        raise error(f"type {type(value).__name__} is not allowed on the wire")
+    if isinstance(value, list | tuple):
+        if depth_left <= 0:
+            raise error("arrays nested too deep")
+        for item in value:
+            _check_shape(item, depth_left - 1, local=local)

@@ -1,0 +1,535 @@
+"""The real transport: py-libp2p 0.8.1 on TCP + Noise + yamux + gossipsub.
+
+The only module that imports `libp2p`. It wraps the library's unsafe defaults as measured in
+docs LIBP2P_NOTES.md: Noise only, one connection per peer, a 1 s gossip heartbeat, spam limits
+off, our own publish pacing and bounded inboxes (libp2p's 32-slot queues drop silently), a size
+check before publishing (1 MiB gossip vanishes without an error), framed request streams, our
+own ping with a deadline (libp2p never notices a hung peer), and a shielded `host.close()`
+(leaving without it leaks listeners). Peer events come from libp2p's network notifee, backed by
+a slow poll, and are diffed against the last known set so each transition is reported once.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+
+import multiaddr
+import nacl.signing
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2p.identity import Identity
+from p2p.memory_transport import PublishPacer
+from p2p.transport import (
+    ConnectFailed,
+    GossipMessage,
+    MessageTooLarge,
+    PeerEvent,
+    PeerEventKind,
+    PeerId,
+    RequestFailed,
+    RequestHandler,
+    TransportConfig,
+    TransportError,
+    TransportStats,
+    Validator,
+)
+
+logger = logging.getLogger("gpumesh.libp2p")
+
+PING_PROTOCOL = "/gpumesh/ping/1.0.0"
+PEER_POLL_INTERVAL_S = 1.0
+"""Backstop for the connection notifee: the peer set is re-read at least this often."""
+CLOSE_TIMEOUT_S = 5.0
+_FRAME_HEADER = struct.Struct(">I")
+_PING_NONCE = struct.Struct(">Q")
+_NET_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class FrameError(TransportError):
+    """A peer's frame that was cut short or announced more bytes than the limit."""
+
+    def __init__(self, reason: str, size: int, limit: int) -> None:
+        super().__init__(f"bad frame ({reason}): {size} bytes, limit {limit}")
+        self.reason, self.size, self.limit = reason, size, limit
+
+
+def peer_id_via_libp2p(public_key: bytes) -> str:
+    """libp2p's own peer id for an ed25519 key; tests check `Identity.peer_id` against it."""
+    return str(ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key)))
+
+
+class Libp2pTransport:
+    """One libp2p node. Implements `p2p.transport.Transport`; open with `Libp2pTransport.open`."""
+
+    def __init__(self, host: IHost, pubsub: Pubsub, config: TransportConfig) -> None:
+        self._host = host
+        self._pubsub = pubsub
+        self._config = config
+        self._peer_id = str(host.get_id())
+        self._stats = TransportStats(extra={"pings_ok": 0})
+        self._pacer = PublishPacer(config.publish_rate_per_s)
+        self._known_peers: frozenset[PeerId] = frozenset()
+        self._ping_misses: dict[PeerId, int] = {}
+        self._ping_nonce = 0
+        self._ping_paused = False
+        self._serving: set[trio.CancelScope] = set()
+        self._inboxes: list[trio.MemorySendChannel[GossipMessage]] = []
+        self._nursery: trio.Nursery | None = None
+        self._events_send, self._events_recv = trio.open_memory_channel[PeerEvent](config.inbox_max)
+        self._wake_send, self._wake_recv = trio.open_memory_channel[None](1)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        identity: Identity,
+        listen_addrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        config: TransportConfig | None = None,
+    ) -> AsyncIterator[Libp2pTransport]:
+        """Start a host listening on `listen_addrs` and run it until the block exits."""
+        _route_libp2p_logging()
+        config = config or TransportConfig()
+        listen = [multiaddr.Multiaddr(a) for a in listen_addrs]
+        host, pubsub, router = _build_host(identity, listen, config)
+        if str(host.get_id()) != identity.peer_id:
+            raise RuntimeError(f"libp2p derived {host.get_id()} for {identity.peer_id}")
+        node = cls(host, pubsub, config)
+        host.get_network().register_notifee(_WakeOnConnection(node._wake))
+        host.set_stream_handler(TProtocol(PING_PROTOCOL), node._serve_ping)
+        async with host.run(listen):
+            try:
+                async with background_trio_service(pubsub), background_trio_service(router):
+                    await pubsub.wait_until_ready()
+                    async with trio.open_nursery() as nursery:
+                        node._nursery = nursery
+                        nursery.start_soon(node._watch_peers)
+                        nursery.start_soon(node._ping_loop)
+                        try:
+                            yield node
+                        finally:
+                            node._shut_down()
+                            nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await host.close()
+
+    # -- identity and connections -------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self._peer_id
+
+    @property
+    def listen_addrs(self) -> tuple[str, ...]:
+        return tuple(str(a) for a in self._host.get_addrs())
+
+    @property
+    def stats(self) -> TransportStats:
+        return self._stats
+
+    def connected_peers(self) -> frozenset[PeerId]:
+        return frozenset(str(p) for p in self._host.get_connected_peers())
+
+    def peer_events(self) -> trio.MemoryReceiveChannel[PeerEvent]:
+        return self._events_recv
+
+    async def connect(self, addr: str) -> PeerId:
+        """Dial `addr` and wait until the pubsub stream is up, so gossip can flow on return."""
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except (ValueError, BaseLibp2pError) as exc:
+            raise ConnectFailed(addr, f"bad address: {exc}") from exc
+        if str(info.peer_id) == self._peer_id:
+            raise ConnectFailed(addr, "cannot connect to ourselves")
+        timeout_s = self._config.request_timeout_ms / 1000
+        try:
+            with trio.fail_after(timeout_s):
+                await self._host.connect(info)
+                await self._pubsub.wait_for_peer(info.peer_id, timeout=timeout_s)
+        except trio.TooSlowError:
+            raise ConnectFailed(addr, f"not ready within {timeout_s * 1000:.0f} ms") from None
+        except _NET_ERRORS as exc:
+            raise ConnectFailed(addr, f"{type(exc).__name__}: {exc}") from exc
+        self._reconcile_peers()
+        return str(info.peer_id)
+
+    async def disconnect(self, peer: PeerId) -> None:
+        pid = _parse_peer(peer)
+        if pid is None:
+            return
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            await self._host.disconnect(pid)
+        self._reconcile_peers()
+
+    def _wake(self) -> None:
+        """Called from libp2p's notifee tasks: coalesce into at most one pending wake-up."""
+        with suppress(trio.WouldBlock, trio.ClosedResourceError):
+            self._wake_send.send_nowait(None)
+
+    async def _watch_peers(self) -> None:
+        while True:
+            with trio.move_on_after(PEER_POLL_INTERVAL_S):
+                await self._wake_recv.receive()
+            self._reconcile_peers()
+
+    def _reconcile_peers(self) -> None:
+        """Emit one event per transition between the last peer set we reported and now."""
+        now = self.connected_peers()
+        before, self._known_peers = self._known_peers, now
+        for peer in sorted(now - before):
+            self._emit(PeerEvent(PeerEventKind.CONNECTED, peer))
+            if self._nursery is not None:
+                self._nursery.start_soon(self._reannounce_topics, ID.from_base58(peer))
+        for peer in sorted(before - now):
+            self._ping_misses.pop(peer, None)
+            self._emit(PeerEvent(PeerEventKind.DISCONNECTED, peer))
+
+    async def _reannounce_topics(self, pid: ID) -> None:
+        """Send our subscriptions again once the peer's pubsub stream is registered.
+
+        libp2p builds a new peer's hello (our topics) before it registers the stream, and a
+        subscribe() in between announces to every registered peer but that one: the peer never
+        learns we joined and never sends us the topic. Announcing twice is harmless.
+        """
+        timeout_s = self._config.request_timeout_ms / 1000
+        try:
+            await self._pubsub.wait_for_peer(pid, timeout=timeout_s)
+        except trio.TooSlowError:
+            return
+        topics = [rpc_pb2.RPC.SubOpts(subscribe=True, topicid=t) for t in self._pubsub.topic_ids]
+        queue = self._pubsub.peer_queues.get(pid)
+        if topics and queue is not None and not queue.push(rpc_pb2.RPC(subscriptions=topics)):
+            logger.warning("could not re-announce topics to %s: its queue is full", pid)
+
+    def _emit(self, event: PeerEvent) -> None:
+        try:
+            self._events_send.send_nowait(event)
+        except trio.WouldBlock:
+            self._stats.peer_events_dropped += 1
+        except trio.ClosedResourceError:
+            pass
+
+    def _shut_down(self) -> None:
+        """End our consumers' loops: libp2p's own subscriptions never end after a node stops."""
+        for scope in self._serving:
+            scope.cancel()
+        for inbox in self._inboxes:
+            inbox.close()
+        self._events_send.close()
+
+    # -- gossip -------------------------------------------------------------------------------
+
+    async def subscribe(
+        self, topic: str, validator: Validator | None = None
+    ) -> trio.MemoryReceiveChannel[GossipMessage]:
+        if topic in self._pubsub.topic_ids or self._nursery is None:
+            raise ValueError(f"already subscribed to {topic!r} (or transport not running)")
+        if validator is not None:
+            self._pubsub.set_topic_validator(topic, self._topic_validator(validator), False)
+        subscription = await self._pubsub.subscribe(topic)
+        send, recv = trio.open_memory_channel[GossipMessage](self._config.inbox_max)
+        self._inboxes.append(send)
+        self._nursery.start_soon(self._drain, topic, subscription.get, send)
+        return recv
+
+    def _topic_validator(self, validator: Validator) -> Callable[[ID, rpc_pb2.Message], bool]:
+        """Adapt our validator; libp2p runs it before delivery and before forwarding."""
+
+        def check(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+            if forwarder == self._host.get_id():
+                return True  # our own publish: libp2p validates it too, we trust ourselves
+            try:
+                ok = bool(validator(msg.data))
+            except Exception as exc:
+                logger.warning("gossip validator raised on a message from %s: %r", forwarder, exc)
+                ok = False
+            if not ok:
+                self._stats.gossip_rejected += 1
+            return ok
+
+        return check
+
+    async def _drain(
+        self,
+        topic: str,
+        get: Callable[[], Awaitable[rpc_pb2.Message]],
+        send: trio.MemorySendChannel[GossipMessage],
+    ) -> None:
+        """Move one libp2p subscription into our bounded inbox, counting what does not fit."""
+        my_id = self._host.get_id().to_bytes()
+        while True:
+            msg = await get()
+            if msg.from_id == my_id:
+                continue  # libp2p hands a publisher its own message back
+            self._stats.gossip_received += 1
+            try:
+                send.send_nowait(GossipMessage(topic, msg.data, str(ID(msg.from_id))))
+            except trio.WouldBlock:
+                self._stats.gossip_dropped_queue_full += 1
+            except trio.ClosedResourceError:
+                return
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        if len(data) > self._config.gossip_bytes_max:
+            raise MessageTooLarge(len(data), self._config.gossip_bytes_max, "gossip message")
+        await self._pacer.acquire()
+        await self._pubsub.publish(topic, bytes(data))
+        self._stats.published += 1
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def set_request_handler(self, protocol: str, handler: RequestHandler) -> None:
+        self._host.set_stream_handler(TProtocol(protocol), self._stream_handler(protocol, handler))
+
+    async def request(
+        self, peer: PeerId, protocol: str, data: bytes, *, timeout_ms: int | None = None
+    ) -> bytes:
+        if len(data) > self._config.request_bytes_max:
+            raise MessageTooLarge(len(data), self._config.request_bytes_max, "request")
+        self._stats.requests_sent += 1
+        timeout_s = (self._config.request_timeout_ms if timeout_ms is None else timeout_ms) / 1000
+        try:
+            return await self._round_trip(peer, protocol, bytes(data), timeout_s)
+        except RequestFailed:
+            self._stats.requests_failed += 1
+            raise
+
+    async def _round_trip(
+        self, peer: PeerId, protocol: str, data: bytes, timeout_s: float
+    ) -> bytes:
+        pid = _parse_peer(peer)
+        if pid is None or pid not in self._host.get_connected_peers():
+            raise RequestFailed(peer, protocol, "not connected")
+        stream: INetStream | None = None
+        ok = False
+        try:
+            with trio.fail_after(timeout_s):
+                stream = await self._host.new_stream(pid, [TProtocol(protocol)])
+                await _write_frame(stream, data)
+                response = await _read_frame(stream, self._config.request_bytes_max)
+            ok = True
+            return response
+        except trio.TooSlowError:
+            reason = f"no response within {timeout_s * 1000:.0f} ms"
+            raise RequestFailed(peer, protocol, reason) from None
+        except (*_NET_ERRORS, FrameError) as exc:
+            raise RequestFailed(peer, protocol, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if stream is not None:
+                await _finish(stream, ok)
+
+    def _stream_handler(
+        self, protocol: str, handler: RequestHandler
+    ) -> Callable[[INetStream], Awaitable[None]]:
+        async def serve(stream: INetStream) -> None:
+            """Runs in libp2p's task for the stream; must never raise into it."""
+            peer = str(stream.muxed_conn.peer_id)
+            limit = self._config.request_bytes_max
+            ok = False
+            scope = trio.CancelScope()
+            self._serving.add(scope)
+            try:
+                with scope:
+                    with trio.fail_after(self._config.request_timeout_ms / 1000):
+                        request = await _read_frame(stream, limit)
+                    response = await handler(peer, request)
+                    if len(response) > limit:
+                        raise MessageTooLarge(len(response), limit, "response")
+                    await _write_frame(stream, response)
+                    ok = True
+                    self._stats.requests_served += 1
+            except (trio.TooSlowError, FrameError, *_NET_ERRORS) as exc:
+                logger.info("request %s from %s failed: %r", protocol, peer[-8:], exc)
+            except Exception:
+                logger.exception("handler for %s from %s raised", protocol, peer[-8:])
+            finally:
+                self._serving.discard(scope)
+                await _finish(stream, ok)
+
+        return serve
+
+    # -- liveness -----------------------------------------------------------------------------
+
+    def set_ping_responder_paused(self, paused: bool) -> None:
+        """Test hook: a paused node reads pings but never answers, like a SIGSTOPped process."""
+        self._ping_paused = paused
+
+    async def _serve_ping(self, stream: INetStream) -> None:
+        ok = False
+        try:
+            with trio.move_on_after(self._config.request_timeout_ms / 1000):
+                nonce = await _read_frame(stream, _PING_NONCE.size)
+                while self._ping_paused:  # hold the stream until the pinger gives up on it
+                    if not await stream.read(_PING_NONCE.size):
+                        return
+                await _write_frame(stream, nonce)
+                ok = True
+        except (FrameError, *_NET_ERRORS) as exc:
+            logger.debug("ping from %s failed: %r", stream.muxed_conn.peer_id, exc)
+        finally:
+            await _finish(stream, ok)
+
+    async def _ping_loop(self) -> None:
+        """Ping every peer each interval; drop one after `ping_misses_max` misses in a row."""
+        interval_s = self._config.ping_interval_ms / 1000
+        next_round_s = trio.current_time() + interval_s
+        while True:
+            await trio.sleep_until(next_round_s)
+            next_round_s = max(next_round_s + interval_s, trio.current_time())
+            async with trio.open_nursery() as round_nursery:
+                for pid in self._host.get_connected_peers():
+                    round_nursery.start_soon(self._ping_once, pid)
+
+    async def _ping_once(self, pid: ID) -> None:
+        self._ping_nonce += 1
+        nonce = _PING_NONCE.pack(self._ping_nonce)
+        peer = str(pid)
+        try:
+            echo = await self._round_trip(
+                peer, PING_PROTOCOL, nonce, self._config.ping_timeout_ms / 1000
+            )
+        except RequestFailed:
+            echo = b""
+        if echo == nonce:
+            self._ping_misses.pop(peer, None)
+            self._stats.extra["pings_ok"] += 1
+            return
+        if pid not in self._host.get_connected_peers():
+            return  # it left while we waited; the notifee reports that
+        self._stats.pings_missed += 1
+        misses = self._ping_misses.get(peer, 0) + 1
+        self._ping_misses[peer] = misses
+        if misses < self._config.ping_misses_max:
+            return
+        logger.warning("peer %s missed %d pings in a row: disconnecting", peer[-8:], misses)
+        self._stats.peers_dropped_unresponsive += 1
+        self._host.get_peerstore().clear_addrs(pid)  # keep libp2p's auto-dialer off it
+        await self.disconnect(peer)
+
+
+class _WakeOnConnection(INotifee):
+    """Forwards libp2p's connection notifications as a wake-up; the diff happens in our task."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._wake()
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._wake()
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+def _build_host(
+    identity: Identity, listen: list[multiaddr.Multiaddr], config: TransportConfig
+) -> tuple[IHost, Pubsub, GossipSub]:
+    """The host with our fixed choices: our ed25519 key, Noise only, yamux, one conn per peer."""
+    priv = Ed25519PrivateKey(nacl.signing.SigningKey(identity.seed))
+    key_pair = KeyPair(priv, priv.get_public_key())
+    noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+    host = new_host(
+        key_pair=key_pair,
+        listen_addrs=listen,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_preference="YAMUX",
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
+    router = GossipSub(
+        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+        degree=config.gossip_degree,
+        degree_low=config.gossip_degree_low,
+        degree_high=config.gossip_degree_high,
+        heartbeat_interval=config.gossip_heartbeat_s,
+        spam_protection_enabled=False,
+    )
+    pubsub = Pubsub(host, router, strict_signing=True)
+    # Message ids are origin + seqno, and libp2p seeds seqno with whole seconds: a node that
+    # restarts would reuse the ids of what it just sent and peers would drop its messages as
+    # already seen. Nanoseconds, as go-libp2p does, keep a restarted node's ids fresh.
+    pubsub.counter = time.time_ns()
+    return host, pubsub, router
+
+
+class _ToGpumeshLog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        logger.handle(record)
+
+
+def _route_libp2p_logging() -> None:
+    """libp2p logs warnings and tracebacks straight to stderr; send them through our logger."""
+    lib = logging.getLogger("libp2p")
+    if not any(isinstance(h, _ToGpumeshLog) for h in lib.handlers):
+        # The handler's level matters too: some libp2p modules set INFO on their own logger.
+        lib.addHandler(_ToGpumeshLog(logging.WARNING))
+    lib.propagate = False
+    lib.setLevel(logging.WARNING)
+
+
+def _parse_peer(peer: PeerId) -> ID | None:
+    try:
+        return ID.from_base58(peer)
+    except (ValueError, BaseLibp2pError):
+        return None
+
+
+async def _write_frame(stream: INetStream, payload: bytes) -> None:
+    await stream.write(_FRAME_HEADER.pack(len(payload)) + payload)
+
+
+async def _read_exactly(stream: INetStream, size: int, limit: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = await stream.read(size - len(buf))
+        if not chunk:
+            raise FrameError(f"stream ended after {len(buf)} bytes", size, limit)
+        buf += chunk
+    return bytes(buf)
+
+
+async def _read_frame(stream: INetStream, limit: int) -> bytes:
+    """A u32 big-endian length then the payload; the length is checked before any allocation."""
+    (size,) = _FRAME_HEADER.unpack(await _read_exactly(stream, _FRAME_HEADER.size, limit))
+    if size > limit:
+        raise FrameError("announced size over the limit", size, limit)
+    return await _read_exactly(stream, size, limit)
+
+
+async def _finish(stream: INetStream, ok: bool) -> None:
+    """Close a stream that did its job, reset one that did not; never raise, never hang."""
+    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+        try:
+            await (stream.close() if ok else stream.reset())
+        except _NET_ERRORS as exc:
+            logger.debug("stream cleanup failed: %r", exc)

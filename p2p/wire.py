@@ -1,0 +1,342 @@
+"""Typed, versioned wire records and the signed envelope that carries them.
+
+A record is a frozen dataclass whose fields declare their wire type (`wire_field(UInt())`).
+Encoding is positional: a record is a msgpack array of its fields in declaration order, so
+the format is fixed by the class and documented in docs/PROTOCOL.md. Decoding checks exact
+types, lengths and ranges, and every failure is a `DecodeError` naming the field path.
+
+A `Signed` envelope is `[format, kind, version, chain_id, signer, body, signature]`; the
+signature covers `pack([DOMAIN_TAG, kind, version, chain_id, signer, body])`, so a signature
+can never be replayed onto another kind, version or chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+
+import nacl.exceptions
+import nacl.signing
+
+from p2p import codec
+from p2p.errors import BadSignature, DecodeError, InvalidRecord
+
+DOMAIN_TAG = b"gpumesh/signed/v1"
+ENVELOPE_FORMAT = 1
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+CHAIN_ID_BYTES_MAX = 64
+U64_MAX = 2**64 - 1
+
+# ---------------------------------------------------------------------------------------------
+# Wire types
+
+
+class WireType(ABC):
+    """How one field travels: its Python form, its wire form, and the checks between them."""
+
+    @abstractmethod
+    def to_wire(self, value: Any) -> codec.Value: ...
+
+    @abstractmethod
+    def from_wire(self, raw: codec.Value, path: str) -> Any:
+        """Convert a decoded value, raising DecodeError(path: reason) if it does not fit."""
+
+    def validate(self, value: Any, path: str) -> None:
+        """Check a locally built value; a failure is our bug (InvalidRecord)."""
+        try:
+            self.from_wire(self.to_wire(value), path)
+        except (DecodeError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidRecord(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class UInt(WireType):
+    """An unsigned integer no larger than `max` (token amounts, counts, milliseconds)."""
+
+    max: int = U64_MAX
+
+    def to_wire(self, value: Any) -> codec.Value:
+        return int(value)
+
+    def from_wire(self, raw: codec.Value, path: str) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise DecodeError(f"{path}: expected an integer, got {type(raw).__name__}")
+        if not 0 <= raw <= self.max:
+            raise DecodeError(f"{path}: {raw} is outside 0..{self.max}")
+        return raw
+
+    def validate(self, value: Any, path: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRecord(f"{path}: expected int, got {type(value).__name__}")
+        super().validate(value, path)
+
+
+@dataclass(frozen=True)
+class Blob(WireType):
+    """A byte string of at most `max_len` bytes, or exactly `exact_len` when given."""
+
+    max_len: int
+    exact_len: int | None = None
+
+    def to_wire(self, value: Any) -> codec.Value:
+        if not isinstance(value, bytes):
+            raise TypeError(f"expected bytes, got {type(value).__name__}")
+        return value
+
+    def from_wire(self, raw: codec.Value, path: str) -> bytes:
+        if not isinstance(raw, bytes):
+            raise DecodeError(f"{path}: expected bytes, got {type(raw).__name__}")
+        if self.exact_len is not None and len(raw) != self.exact_len:
+            raise DecodeError(f"{path}: expected {self.exact_len} bytes, got {len(raw)}")
+        if len(raw) > self.max_len:
+            raise DecodeError(f"{path}: {len(raw)} bytes exceeds {self.max_len}")
+        return raw
+
+
+@dataclass(frozen=True)
+class Text(WireType):
+    """Printable text carried as UTF-8 bytes (the wire has no text type, so no ambiguity)."""
+
+    max_bytes: int
+
+    def to_wire(self, value: Any) -> codec.Value:
+        if not isinstance(value, str):
+            raise TypeError(f"expected str, got {type(value).__name__}")
+        return value.encode("utf-8")
+
+    def from_wire(self, raw: codec.Value, path: str) -> str:
+        if not isinstance(raw, bytes):
+            raise DecodeError(f"{path}: expected UTF-8 bytes, got {type(raw).__name__}")
+        if len(raw) > self.max_bytes:
+            raise DecodeError(f"{path}: {len(raw)} bytes exceeds {self.max_bytes}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DecodeError(f"{path}: not valid UTF-8") from None
+        if not text.isprintable():
+            raise DecodeError(f"{path}: contains control characters")
+        return text
+
+
+@dataclass(frozen=True)
+class Seq(WireType):
+    """A tuple of at most `max_len` items of one type."""
+
+    item: WireType
+    max_len: int
+
+    def to_wire(self, value: Any) -> codec.Value:
+        return [self.item.to_wire(v) for v in value]
+
+    def from_wire(self, raw: codec.Value, path: str) -> tuple[Any, ...]:
+        if not isinstance(raw, list):
+            raise DecodeError(f"{path}: expected an array, got {type(raw).__name__}")
+        if len(raw) > self.max_len:
+            raise DecodeError(f"{path}: {len(raw)} items exceeds {self.max_len}")
+        return tuple(self.item.from_wire(v, f"{path}[{i}]") for i, v in enumerate(raw))
+
+    def validate(self, value: Any, path: str) -> None:
+        if not isinstance(value, tuple):
+            raise InvalidRecord(f"{path}: expected tuple, got {type(value).__name__}")
+        super().validate(value, path)
+
+
+@dataclass(frozen=True)
+class Nested(WireType):
+    """A `Struct` embedded as an array of its fields."""
+
+    struct: type[Struct]
+
+    def to_wire(self, value: Any) -> codec.Value:
+        if not isinstance(value, self.struct):
+            raise TypeError(f"expected {self.struct.__name__}, got {type(value).__name__}")
+        return value.to_wire()
+
+    def from_wire(self, raw: codec.Value, path: str) -> Struct:
+        return self.struct.from_wire(raw, path)
+
+
+def wire_field(wire_type: WireType) -> Any:
+    """Declare a dataclass field together with how it travels."""
+    return dataclasses.field(metadata={"wire": wire_type})
+
+
+# ---------------------------------------------------------------------------------------------
+# Structs and records
+
+
+@dataclass(frozen=True)
+class Struct:
+    """A frozen dataclass that encodes as the array of its fields, in declaration order."""
+
+    def __post_init__(self) -> None:
+        for name, wire_type in self.wire_schema():
+            wire_type.validate(getattr(self, name), f"{type(self).__name__}.{name}")
+        problem = self.invariant_violation()
+        if problem is not None:
+            raise InvalidRecord(f"{type(self).__name__}: {problem}")
+
+    def invariant_violation(self) -> str | None:
+        """Cross-field rules (e.g. free <= total); return a reason or None. Override."""
+        return None
+
+    @classmethod
+    def wire_schema(cls) -> tuple[tuple[str, WireType], ...]:
+        cached: tuple[tuple[str, WireType], ...] | None = cls.__dict__.get("_wire_schema_cache")
+        if cached is None:
+            cached = tuple((f.name, f.metadata["wire"]) for f in dataclasses.fields(cls))
+            type.__setattr__(cls, "_wire_schema_cache", cached)
+        return cached
+
+    def to_wire(self) -> list[codec.Value]:
+        return [t.to_wire(getattr(self, name)) for name, t in self.wire_schema()]
+
+    @classmethod
+    def from_wire(cls, raw: codec.Value, path: str | None = None) -> Self:
+        path = path or cls.__name__
+        schema = cls.wire_schema()
+        if not isinstance(raw, list):
+            raise DecodeError(f"{path}: expected an array, got {type(raw).__name__}")
+        if len(raw) != len(schema):
+            raise DecodeError(f"{path}: expected {len(schema)} fields, got {len(raw)}")
+        values = {
+            name: t.from_wire(v, f"{path}.{name}") for (name, t), v in zip(schema, raw, strict=True)
+        }
+        try:
+            return cls(**values)
+        except InvalidRecord as exc:
+            raise DecodeError(f"{path}: {exc}") from None
+
+    def encode(self) -> bytes:
+        return codec.pack(self.to_wire())
+
+    @classmethod
+    def decode(cls, data: bytes, *, max_bytes: int = codec.FRAME_BYTES_MAX) -> Self:
+        return cls.from_wire(codec.unpack(data, max_bytes=max_bytes))
+
+
+@dataclass(frozen=True)
+class Record(Struct):
+    """A Struct that can stand alone in a signed envelope: it has a registered kind and version."""
+
+    KIND: ClassVar[int]
+    VERSION: ClassVar[int]
+
+
+RECORD_KINDS: dict[int, type[Record]] = {}
+R = TypeVar("R", bound=Record)
+
+
+def register(cls: type[R]) -> type[R]:
+    """Class decorator: make a record kind decodable from envelopes. Kinds are unique forever."""
+    if cls.KIND in RECORD_KINDS and RECORD_KINDS[cls.KIND] is not cls:
+        raise ValueError(f"record kind {cls.KIND} is already {RECORD_KINDS[cls.KIND].__name__}")
+    RECORD_KINDS[cls.KIND] = cls
+    return cls
+
+
+# ---------------------------------------------------------------------------------------------
+# Signed envelopes
+
+
+class Signer(Protocol):
+    """Anything that can sign with an ed25519 key (p2p.identity.Identity is one)."""
+
+    public_key: bytes
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Signed(Generic[R]):
+    """A record with the chain it belongs to, who signed it, and the signature."""
+
+    record: R
+    chain_id: bytes
+    signer: bytes
+    signature: bytes
+
+    def encode(self) -> bytes:
+        rec = self.record
+        return codec.pack(
+            [
+                ENVELOPE_FORMAT,
+                rec.KIND,
+                rec.VERSION,
+                self.chain_id,
+                self.signer,
+                rec.to_wire(),
+                self.signature,
+            ]
+        )
+
+
+def signing_bytes(
+    kind: int, version: int, chain_id: bytes, signer: bytes, body: codec.Value
+) -> bytes:
+    """The exact bytes an envelope's signature covers."""
+    return codec.pack([DOMAIN_TAG, kind, version, chain_id, signer, body])
+
+
+def sign(record: R, signer: Signer, chain_id: bytes) -> Signed[R]:
+    _check_chain_id(chain_id)
+    message = signing_bytes(
+        record.KIND, record.VERSION, chain_id, signer.public_key, record.to_wire()
+    )
+    return Signed(record, chain_id, signer.public_key, signer.sign(message))
+
+
+def decode_signed(
+    data: bytes,
+    *,
+    chain_id: bytes,
+    expect: type[R] | None = None,
+    max_bytes: int = codec.FRAME_BYTES_MAX,
+) -> Signed[Any]:
+    """Decode and verify an envelope from a peer.
+
+    Raises DecodeError for anything malformed, unknown, for another chain or of another kind
+    than `expect`, and BadSignature when the signature does not verify.
+    """
+    raw = codec.unpack(data, max_bytes=max_bytes)
+    if not isinstance(raw, list) or len(raw) != 7:
+        raise DecodeError("envelope: expected an array of 7 items")
+    fmt, kind, version, chain, signer, body, signature = raw
+    if fmt != ENVELOPE_FORMAT:
+        raise DecodeError(f"envelope: unknown format {fmt!r}")
+    if not isinstance(kind, int) or kind not in RECORD_KINDS:
+        raise DecodeError(f"envelope: unknown record kind {kind!r}")
+    cls = RECORD_KINDS[kind]
+    if expect is not None and cls is not expect:
+        raise DecodeError(f"envelope: expected {expect.__name__}, got {cls.__name__}")
+    if version != cls.VERSION:
+        raise DecodeError(f"envelope: {cls.__name__} version {version!r} is not supported")
+    if chain != chain_id:
+        raise DecodeError(f"envelope: for chain {chain!r}, not {chain_id!r}")
+    signer_key = Blob(PUBLIC_KEY_BYTES, PUBLIC_KEY_BYTES).from_wire(signer, "envelope.signer")
+    sig = Blob(SIGNATURE_BYTES, SIGNATURE_BYTES).from_wire(signature, "envelope.signature")
+    record = cls.from_wire(body, cls.__name__)
+    if not verify(signer_key, signing_bytes(kind, version, chain, signer_key, body), sig):
+        raise BadSignature(f"envelope: {cls.__name__} signature does not verify")
+    return Signed(record, chain, signer_key, sig)
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True iff `signature` is `public_key`'s ed25519 signature of `message`."""
+    try:
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _check_chain_id(chain_id: bytes) -> None:
+    if not isinstance(chain_id, bytes) or not 0 < len(chain_id) <= CHAIN_ID_BYTES_MAX:
+        raise InvalidRecord(f"chain id must be 1..{CHAIN_ID_BYTES_MAX} bytes")
+
+
+Decoder = Callable[[bytes], Signed[Any]]

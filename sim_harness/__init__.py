@@ -1,0 +1,1 @@
+"""Harnesses around the node: local swarms of real processes (and, later, the simulator)."""

@@ -1,0 +1,383 @@
+"""Local swarms: N real node processes on 127.0.0.1, started, watched and stopped as a unit.
+
+A swarm lives in one folder: `swarm.json` (the nodes, their ports and PIDs) and one
+sub-folder per node (config, key, data, logs). Ports are fixed when the swarm is created, so
+a restarted node comes back at the same address. A node reports readiness by writing its
+RuntimeInfo to a pipe it inherits (`--ready-fd`), and convergence is awaited through the
+node's long-polling /status endpoint: nothing here polls in a sleep loop.
+
+Only processes this swarm started are ever signalled, and only after checking that the PID
+still runs our node with our config (PIDs are recycled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from node.config import default_config, write_config
+from p2p.announcements import GpuSpec
+from p2p.identity import Identity
+from p2p.keyfile import write_key_file
+
+SWARM_FILE = "swarm.json"
+LOOPBACK = "127.0.0.1"
+REGIONS = ("eu-west", "us-east", "ap-south", "eu-central", "us-west")
+GPU_MIX = (
+    (GpuSpec("RTX 4090", 2, 24_564),),
+    (GpuSpec("A100-SXM4-80GB", 4, 81_920),),
+    (GpuSpec("H100-SXM5-80GB", 8, 81_559),),
+    (GpuSpec("RTX 3090", 1, 24_576), GpuSpec("RTX 4090", 1, 24_564)),
+    (GpuSpec("L40S", 2, 46_068),),
+)
+
+
+class SwarmError(Exception):
+    """A swarm that cannot be created, started or reached; the message says which node and why."""
+
+
+@dataclass
+class SwarmNode:
+    name: str
+    home: str
+    peer_id: str
+    listen_port: int
+    status_port: int
+    pid: int | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return Path(self.home) / "node.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.home) / "node.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return Path(self.home) / "stderr.log"
+
+    @property
+    def listen_addr(self) -> str:
+        return f"/ip4/{LOOPBACK}/tcp/{self.listen_port}/p2p/{self.peer_id}"
+
+    @property
+    def status_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.status_port}/status"
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: hold every socket open until all are chosen."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def bootstrap_indexes(i: int) -> list[int]:
+    """Node i dials the first node, its predecessor and the node halfway back: a connected
+    graph of small diameter, without a single hub the swarm depends on after startup."""
+    return sorted({j for j in (0, i - 1, i // 2) if 0 <= j < i})
+
+
+class Swarm:
+    def __init__(self, root: Path, nodes: list[SwarmNode]) -> None:
+        self.root = root
+        self.nodes = nodes
+
+    # -- creation and persistence --------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        count: int,
+        *,
+        announce_interval_ms: int = 1_000,
+        announcement_ttl_ms: int = 15_000,
+        chain_id: str = "gpumesh-swarm",
+        log_level: str = "info",
+    ) -> Swarm:
+        if count < 1:
+            raise SwarmError(f"a swarm needs at least 1 node, got {count}")
+        root = Path(root).resolve()
+        if (root / SWARM_FILE).exists():
+            existing = cls.load(root)
+            if existing.running():
+                raise SwarmError(
+                    f"{root} already holds a running swarm; `gpumesh swarm down` first"
+                )
+        root.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(2 * count)
+        nodes: list[SwarmNode] = []
+        for i in range(count):
+            name = f"node-{i}"
+            home = root / name
+            home.mkdir(parents=True, exist_ok=True)
+            identity = Identity.generate()
+            write_key_file(home / "node.key", identity, overwrite=True)
+            node = SwarmNode(name, str(home), identity.peer_id, ports[2 * i], ports[2 * i + 1])
+            cfg = default_config(
+                name,
+                listen_port=node.listen_port,
+                status_port=node.status_port,
+                bootstrap=[nodes[j].listen_addr for j in bootstrap_indexes(i)],
+                gpus=GPU_MIX[i % len(GPU_MIX)],
+                region=REGIONS[i % len(REGIONS)],
+                price_per_gpu_hour=1_000_000 + 50_000 * (i % 7),
+                chain_id=chain_id,
+                announce_interval_ms=announce_interval_ms,
+                announcement_ttl_ms=announcement_ttl_ms,
+                log_file="node.log",
+                log_level=log_level,
+                base_dir=home,
+            )
+            write_config(node.config_path, cfg)
+            nodes.append(node)
+        swarm = cls(root, nodes)
+        swarm.save()
+        return swarm
+
+    @classmethod
+    def load(cls, root: Path) -> Swarm:
+        root = Path(root).resolve()
+        try:
+            raw = json.loads((root / SWARM_FILE).read_text())
+        except FileNotFoundError:
+            raise SwarmError(f"no swarm in {root} (start one with `gpumesh swarm up`)") from None
+        return cls(root, [SwarmNode(**n) for n in raw["nodes"]])
+
+    def save(self) -> None:
+        tmp = self.root / (SWARM_FILE + ".tmp")
+        tmp.write_text(json.dumps({"nodes": [asdict(n) for n in self.nodes]}, indent=2))
+        os.replace(tmp, self.root / SWARM_FILE)
+
+    def node(self, name: str) -> SwarmNode:
+        for n in self.nodes:
+            if n.name == name or n.peer_id.endswith(name):
+                return n
+        raise SwarmError(f"no node {name!r} in this swarm: {', '.join(n.name for n in self.nodes)}")
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def alive(self, node: SwarmNode) -> bool:
+        """True iff node.pid still runs our node with our config (not a recycled PID)."""
+        if node.pid is None:
+            return False
+        try:
+            cmdline = Path(f"/proc/{node.pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{node.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        return state != "Z" and str(node.config_path).encode() in cmdline
+
+    def running(self) -> list[SwarmNode]:
+        return [n for n in self.nodes if self.alive(n)]
+
+    def start(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        timeout_s: float = 30.0,
+        on_ready: Callable[[SwarmNode, dict[str, object]], None] | None = None,
+    ) -> None:
+        """Start nodes (all by default) and return once each reported ready."""
+        targets = [self.node(n) for n in names] if names is not None else list(self.nodes)
+        pending: dict[int, tuple[SwarmNode, subprocess.Popen[bytes]]] = {}
+        try:
+            for node in targets:
+                if self.alive(node):
+                    continue
+                read_fd, proc = self._spawn(node)
+                pending[read_fd] = (node, proc)
+            self._await_ready(pending, timeout_s, on_ready)
+        except BaseException:
+            for node, proc in pending.values():
+                _terminate(proc.pid)
+                node.pid = None
+            self.save()
+            raise
+        finally:
+            for fd in pending:
+                os.close(fd)
+
+    def _spawn(self, node: SwarmNode) -> tuple[int, subprocess.Popen[bytes]]:
+        read_fd, write_fd = os.pipe()
+        cmd = [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "node",
+            "run",
+            "--config",
+            str(node.config_path),
+            "--ready-fd",
+            str(write_fd),
+        ]
+        with open(node.stderr_path, "ab") as err:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                cwd=node.home,
+                env=_child_env(),
+            )
+        os.close(write_fd)
+        node.pid = proc.pid
+        self.save()
+        return read_fd, proc
+
+    def _await_ready(
+        self,
+        pending: dict[int, tuple[SwarmNode, subprocess.Popen[bytes]]],
+        timeout_s: float,
+        on_ready: Callable[[SwarmNode, dict[str, object]], None] | None,
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        buffers = {fd: b"" for fd in pending}
+        while buffers:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                late = ", ".join(pending[fd][0].name for fd in buffers)
+                raise SwarmError(f"not ready within {timeout_s:.0f}s: {late}")
+            readable, _, _ = select.select(list(buffers), [], [], left)
+            for fd in readable:
+                chunk = os.read(fd, 65536)
+                node, proc = pending[fd]
+                if chunk:
+                    buffers[fd] += chunk
+                    if not buffers[fd].endswith(b"\n"):
+                        continue
+                    info = json.loads(buffers.pop(fd))
+                    if on_ready is not None:
+                        on_ready(node, info)
+                    continue
+                buffers.pop(fd)
+                proc.wait(timeout=5)
+                raise SwarmError(
+                    f"{node.name} exited with code {proc.returncode} before it was "
+                    f"ready; last lines of {node.stderr_path}:\n{_tail(node)}"
+                )
+
+    def stop(self, names: Sequence[str] | None = None, *, timeout_s: float = 10.0) -> list[str]:
+        """SIGTERM our live nodes, SIGKILL any that outlive `timeout_s`; returns those stopped."""
+        targets = [self.node(n) for n in names] if names is not None else list(self.nodes)
+        stopped = []
+        live = [n for n in targets if self.alive(n)]
+        for pid in [n.pid for n in live if n.pid is not None]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGCONT)  # a paused node cannot handle SIGTERM
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for node in live:
+            assert node.pid is not None
+            if not _wait_exit(node.pid, deadline - time.monotonic()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.pid, signal.SIGKILL)
+                _wait_exit(node.pid, 5)
+            stopped.append(node.name)
+        for node in targets:
+            node.pid = None
+        self.save()
+        return stopped
+
+    # -- observing -----------------------------------------------------------------------------
+
+    def status(
+        self, node: SwarmNode, *, wait_nodes: int = 0, wait_peers: int = 0, timeout_ms: int = 0
+    ) -> dict[str, object] | None:
+        """The node's /status, long-polled until the condition holds; None if unreachable."""
+        query = f"?wait_nodes={wait_nodes}&wait_peers={wait_peers}&timeout_ms={timeout_ms}"
+        try:
+            with urllib.request.urlopen(
+                node.status_url + query, timeout=timeout_ms / 1000 + 5
+            ) as resp:
+                return json.loads(resp.read())  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as exc:  # 408: condition not met in time; body is status
+            return json.loads(exc.read()) if exc.code == 408 else None
+        except (OSError, ValueError):
+            return None
+
+    def statuses(self, **wait: int) -> dict[str, dict[str, object] | None]:
+        with ThreadPoolExecutor(max_workers=max(1, len(self.nodes))) as pool:
+            results = pool.map(
+                lambda n: self.status(n, **wait) if self.alive(n) else None, self.nodes
+            )
+            return dict(zip((n.name for n in self.nodes), results, strict=True))
+
+    def wait_converged(self, *, timeout_s: float = 30.0) -> dict[str, dict[str, object] | None]:
+        """Every running node connected and seeing every running node's announcement."""
+        want = len(self.running())
+        return self.statuses(
+            wait_nodes=want, wait_peers=1 if want > 1 else 0, timeout_ms=int(timeout_s * 1000)
+        )
+
+
+def converged(statuses: dict[str, dict[str, object] | None], count: int) -> bool:
+    return all(s is not None and _nodes_seen(s) >= count for s in statuses.values())
+
+
+def _nodes_seen(status: dict[str, object]) -> int:
+    supply = status.get("supply")
+    return int(supply.get("nodes", 0)) if isinstance(supply, dict) else 0
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _terminate(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _wait_exit(pid, 5)
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    """Reap (if our child) or wait for `pid` to vanish; True if it exited in time."""
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    delay = 0.01
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return True
+        except ChildProcessError:  # not our child (another CLI call started it)
+            if not Path(f"/proc/{pid}").exists():
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)  # process exit has no portable event to wait on for a non-child
+        delay = min(delay * 2, 0.2)
+
+
+def _tail(node: SwarmNode, lines: int = 15) -> str:
+    try:
+        return "\n".join(node.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no output)"
