@@ -6,7 +6,7 @@ sustained, RSS and CPU per node. Latency is measured end to end from the issuing
 to the receiving core's log line, on one machine's clock. The smallest swarm is the in-run
 baseline: larger swarms report their p99 as a ratio of it, and against the 200 ms target.
 
-    python bench/gossip.py                # 5, 10, 20 nodes, 20 s each
+    python bench/gossip.py                # 5, 10, 20 nodes at 5 announcements/s, 20 s each
     python bench/gossip.py --quick --json # 3 nodes, a few seconds (make test runs this)
 """
 
@@ -149,17 +149,21 @@ def main() -> int:
         "--interval-ms", type=int, default=2_000, help="each node's announcement interval"
     )
     parser.add_argument("--saturation-nodes", type=int, default=10)
-    parser.add_argument("--saturation-intervals-ms", default="1000,500,250,125")
+    parser.add_argument("--saturation-intervals-ms", default="2000,1000,500,250")
     parser.add_argument("--quick", action="store_true", help="3 nodes for a few seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args()
     sizes = [3] if args.quick else [int(s) for s in args.sizes.split(",")]
     duration = 4.0 if args.quick else args.duration
-    interval = 1_000 if args.quick else args.interval_ms
+    rate = 3.0 if args.quick else args.rate_per_s
     results = []
     with tempfile.TemporaryDirectory(prefix="gpumesh-bench-gossip-") as tmp:
         for count in sizes:
-            log(f"gossip bench: {count} nodes, interval {interval} ms")
+            interval = round(count * 1000 / rate)
+            log(
+                f"gossip bench: {count} nodes, {rate:g} announcements/s network-wide "
+                f"(each node every {interval} ms)"
+            )
             results.append(run_size(count, duration, interval, Path(tmp)))
         sat = None
         if not args.quick and args.saturation_nodes > 0:

@@ -381,9 +381,11 @@ def _choice(options: Sequence[str]) -> Parser[str]:
 def _text(min_bytes: int, max_bytes: int) -> Parser[str]:
     def parse(value: object, where: str) -> str:
         text = _str(value, where)
-        if not min_bytes <= len(text.encode()) <= max_bytes or not text.isprintable():
+        ascii_ok = all(" " <= ch <= "~" for ch in text)  # what the wire accepts
+        if not min_bytes <= len(text) <= max_bytes or not ascii_ok:
             raise _Problem(
-                where, f"expected {min_bytes}..{max_bytes} bytes of printable text, got {text!r}"
+                where,
+                f"expected {min_bytes}..{max_bytes} bytes of printable ASCII, got {text!r}",
             )
         return text
 

@@ -26,8 +26,7 @@ from p2p.announcements import (
     decode_announcement,
 )
 from p2p.errors import BadSignature, DecodeError
-from p2p.identity import Identity, peer_id_from_public_key, short_peer
-from p2p.transport import PeerId
+from p2p.identity import Identity, PeerId, peer_id_from_public_key, short_peer
 from p2p.wire import sign
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ import hashlib
 
 import nacl.signing
 
+PeerId = str
+"""A libp2p peer id string ("12D3KooW..."), derived from the node's ed25519 public key."""
+
 _B58_ALPHABET = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 # libp2p PublicKey protobuf header for an Ed25519 key (field 1 = KeyType 1, field 2 = 32 bytes),
 # and the identity multihash header (code 0x00, length 36) that inlines it into the peer id.

@@ -19,17 +19,38 @@ class KeyFileError(Exception):
 
 
 def write_key_file(path: Path, identity: Identity, *, overwrite: bool = False) -> None:
-    """Write `identity` to `path` with mode 0600; never replaces a key unless asked."""
+    """Write `identity` to `path` with mode 0600; never replaces a key unless asked.
+
+    The key is written and fsynced under a temporary name first, then linked (new key) or
+    renamed (overwrite) into place, so a crash never leaves a truncated key behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{path}: a key already exists; refusing to overwrite it") from None
+    if path.exists() and not overwrite:
+        raise KeyFileError(f"{path}: a key already exists; refusing to overwrite it")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, f"{KEY_FILE_TAG}\n{identity.seed.hex()}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic, and fails if another writer got there first
+    except FileExistsError:
+        raise KeyFileError(f"{path}: a key already exists; refusing to overwrite it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -99,7 +99,11 @@ class Blob(WireType):
 
 @dataclass(frozen=True)
 class Text(WireType):
-    """Printable text carried as UTF-8 bytes (the wire has no text type, so no ambiguity)."""
+    """Printable ASCII (0x20..0x7E) carried as bytes.
+
+    ASCII rather than Unicode "printable": the latter depends on the Unicode version of each
+    implementation, and two honest nodes must never disagree on whether a record is valid.
+    """
 
     max_bytes: int
 
@@ -110,16 +114,13 @@ class Text(WireType):
 
     def from_wire(self, raw: codec.Value, path: str) -> str:
         if not isinstance(raw, bytes):
-            raise DecodeError(f"{path}: expected UTF-8 bytes, got {type(raw).__name__}")
+            raise DecodeError(f"{path}: expected ASCII bytes, got {type(raw).__name__}")
         if len(raw) > self.max_bytes:
             raise DecodeError(f"{path}: {len(raw)} bytes exceeds {self.max_bytes}")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DecodeError(f"{path}: not valid UTF-8") from None
-        if not text.isprintable():
-            raise DecodeError(f"{path}: contains control characters")
-        return text
+        bad = next((b for b in raw if not 0x20 <= b <= 0x7E), None)
+        if bad is not None:
+            raise DecodeError(f"{path}: byte 0x{bad:02x} is not printable ASCII")
+        return raw.decode("ascii")
 
 
 @dataclass(frozen=True)

@@ -20,23 +20,13 @@ from p2p.wire import U64_MAX, Blob, Nested, Record, Seq, Struct, Text, UInt, Wir
 
 # Printable in Python's sense (str.isprintable): letters, marks, numbers, punctuation,
 # symbols and the ASCII space; never controls, format characters or other separators.
-PRINTABLE_CHARS = st.characters(categories=("L", "M", "N", "P", "S"), include_characters=" ")
-
-
-def truncate_utf8(text: str, max_bytes: int) -> str:
-    """The longest prefix of `text` whose UTF-8 form fits in `max_bytes`."""
-    while len(text.encode("utf-8")) > max_bytes:
-        text = text[:-1]
-    return text
+PRINTABLE_CHARS = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+"""Text on the wire is printable ASCII (docs/PROTOCOL.md, 3.2)."""
 
 
 def printable_text(max_bytes: int, *, min_size: int = 0) -> st.SearchStrategy[str]:
-    """Printable text of at most `max_bytes` UTF-8 bytes (and at least `min_size` chars)."""
-    return (
-        st.text(PRINTABLE_CHARS, min_size=min_size, max_size=max_bytes)
-        .map(lambda s: truncate_utf8(s, max_bytes))
-        .filter(lambda s: len(s) >= min_size and s.isprintable())
-    )
+    """Printable ASCII of at most `max_bytes` bytes (and at least `min_size` chars)."""
+    return st.text(PRINTABLE_CHARS, min_size=min_size, max_size=max_bytes)
 
 
 def gpu_specs(model: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[GpuSpec]:

@@ -343,7 +343,7 @@ def offers(draw: st.DrawFn) -> list[Signed[CapacityAnnouncement]]:
     return result
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.data(), offers(), st.integers(1, 6))
 def test_same_offers_in_same_order_give_the_same_book(data: st.DataObject,
                                                       sequence: list[Signed[Any]],
@@ -464,6 +464,12 @@ class BookMachine(RuleBasedStateMachine):
     @rule(dt=st.integers(0, 300))
     def advance(self, dt: int) -> None:
         self.now += dt
+
+    @precondition(lambda self: len(self.book.live(self.now)) > 0)
+    @rule()
+    def advance_to_the_next_expiry(self) -> None:
+        """Land exactly on a boundary: an entry is dead at its expires_ms."""
+        self.now = min(a.expires_ms for a in self.book.live(self.now))
 
     @precondition(lambda self: len(self.book) > 0)
     @rule()
