@@ -1,0 +1,84 @@
+"""The chain's economic and operational parameters, fixed at genesis.
+
+Parameters are wire structs so they travel inside the state's canonical encoding (and so its
+root): two nodes that disagree on a parameter disagree on every state root, at once, rather
+than drifting apart on the first block where the difference matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from consensus.committee import COMMITTEE_SIZE_MAX
+from p2p.wire import U64_MAX, Nested, Struct, UInt
+
+BPS = 10_000
+"""Basis points in one whole: commissions and slashing fractions."""
+PERMILLE = 1_000
+"""Uptime is reported in permille; 1000 is a node that never missed."""
+TX_BYTES_MIN = 256
+"""No cap may be set below the size of an ordinary transfer envelope (about 150 bytes)."""
+
+
+def _param(default: int, maximum: int = U64_MAX) -> Any:
+    return dataclasses.field(default=default, metadata={"wire": UInt(maximum)})
+
+
+@dataclass(frozen=True)
+class EmissionParams(Struct):
+    """The bootstrap subsidy: `initial_per_epoch` base units, halving every `halving_epochs`
+    epochs with a linear glide inside each period (see rewards.emission_for_epoch)."""
+
+    initial_per_epoch: int = _param(1_000_000)
+    halving_epochs: int = _param(100)
+    max_supply: int = _param(0)
+    """Cap on genesis supply + everything ever minted; 0 means no cap (then the schedule's own
+    sum, at most 2 * initial * halving_epochs, bounds it)."""
+
+    def invariant_violation(self) -> str | None:
+        if self.halving_epochs == 0:
+            return "halving_epochs must be at least 1"
+        return None
+
+    def emission_bound(self) -> int:
+        """The most the schedule can ever mint (a geometric series bound)."""
+        return 2 * self.initial_per_epoch * self.halving_epochs
+
+
+@dataclass(frozen=True)
+class LedgerParams(Struct):
+    """Every knob of the ledger. Units are in the names; amounts are base units."""
+
+    epoch_blocks: int = _param(100)
+    unbonding_epochs: int = _param(2, 10_000)
+    unbonding_entries_max: int = _param(16, 1_000)
+    """Pending unbonding entries per account: bounds the queue a single key can grow."""
+    min_stake: int = _param(1_000)
+    """Least self-bond of an active operator (committee member, reward earner)."""
+    min_delegation: int = _param(1)
+    min_fee: int = _param(1)
+    commission_step_max_bps: int = _param(100, BPS)
+    """Most a commission may move in one change (at most one change per epoch), so delegators
+    have time to leave before a large hike lands."""
+    jail_epochs: int = _param(4, 1_000_000)
+    committee_size: int = _param(4, COMMITTEE_SIZE_MAX)
+    txs_per_account_per_block_max: int = _param(16, 10_000)
+    tx_bytes_max: int = _param(1024, 1024 * 1024)
+    emission: EmissionParams = dataclasses.field(
+        default_factory=EmissionParams, metadata={"wire": Nested(EmissionParams)}
+    )
+
+    def invariant_violation(self) -> str | None:
+        if self.epoch_blocks == 0:
+            return "epoch_blocks must be at least 1"
+        if self.min_stake == 0 or self.min_delegation == 0:
+            return "min_stake and min_delegation must be at least 1"
+        if not 1 <= self.committee_size <= COMMITTEE_SIZE_MAX:
+            return f"committee_size must be 1..{COMMITTEE_SIZE_MAX}"
+        if self.txs_per_account_per_block_max == 0 or self.unbonding_entries_max == 0:
+            return "txs_per_account_per_block_max and unbonding_entries_max must be at least 1"
+        if self.tx_bytes_max < TX_BYTES_MIN:
+            return f"tx_bytes_max must be at least {TX_BYTES_MIN}"
+        return None
