@@ -146,7 +146,11 @@ def main() -> int:
     parser.add_argument("--sizes", default="5,10,20")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per size")
     parser.add_argument(
-        "--interval-ms", type=int, default=2_000, help="each node's announcement interval"
+        "--rate-per-s",
+        type=float,
+        default=5.0,
+        help="announcements per second offered network-wide (each node announces every "
+        "nodes/rate seconds), as measured in LIBP2P_NOTES.md",
     )
     parser.add_argument("--saturation-nodes", type=int, default=10)
     parser.add_argument("--saturation-intervals-ms", default="2000,1000,500,250")

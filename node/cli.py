@@ -284,19 +284,25 @@ def _swarm_table(swarm: Any, statuses: dict[str, Any], args: argparse.Namespace)
                 "listen": n.listen_addr,
                 "status_url": n.status_url,
                 "status": statuses.get(n.name),
+                "paused": n.paused,
+                "policy": n.policy,
+                "faults": swarm.faults.describe(n),
             }
             for n in swarm.nodes
         ]
         print(json.dumps({"dir": str(swarm.root), "nodes": rows}, indent=2, sort_keys=True))
         return
     table = Table(title=f"swarm in {swarm.root}")
-    for col in ("node", "peer", "pid", "listen", "status", "peers", "nodes seen", "GPUs seen"):
+    columns = ("node", "peer", "pid", "listen", "status", "peers", "nodes seen", "GPUs seen")
+    for col in (*columns, "faults"):
         table.add_column(col)
     for n in swarm.nodes:
         s = statuses.get(n.name)
         state = (
             ("[green]up[/]" if s else "[red]unreachable[/]") if swarm.alive(n) else "[red]down[/]"
         )
+        if n.paused and swarm.alive(n):
+            state = "[yellow]paused[/]"
         supply = s["supply"] if s else {}
         table.add_row(
             n.name,
@@ -307,6 +313,7 @@ def _swarm_table(swarm: Any, statuses: dict[str, Any], args: argparse.Namespace)
             str(len(s["peers"])) if s else "-",
             str(supply.get("nodes", "-")),
             str(supply.get("gpus", "-")),
+            swarm.faults.describe(n) or "-",
         )
     console.print(table)
 
@@ -403,22 +410,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", default="swarm")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_swarm_down)
+    from sim_harness.cli_swarm import add_swarm_fault_commands
+
+    add_swarm_fault_commands(swarm)
 
     d = sub.add_parser("demo", help="up a 5-node swarm, show the views converge, tear it down")
     d.add_argument("--nodes", type=int, default=5)
     d.add_argument("--dir", default="swarm-demo")
     d.add_argument("--timeout", type=float, default=45.0)
     d.set_defaults(func=cmd_demo)
+
+    from sim_harness.cli_sim import add_sim_commands
+
+    add_sim_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sim_harness.cli_sim import SIM_USAGE_ERRORS
     from sim_harness.swarm import SwarmError
 
+    usage_errors: tuple[type[Exception], ...] = (
+        CliError,
+        ConfigError,
+        KeyFileError,
+        CapacityError,
+        SwarmError,
+        *SIM_USAGE_ERRORS,
+    )
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (CliError, ConfigError, KeyFileError, CapacityError, SwarmError) as exc:
+    except usage_errors as exc:
         print(f"gpumesh: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -85,10 +85,13 @@ class NetworkSection:
 
 @dataclass(frozen=True)
 class StatusSection:
-    """The status/metrics endpoint; loopback only, since it answers without authentication."""
+    """The status/metrics endpoint; loopback only, since it answers without authentication.
+    Its /admin routes (fault injection) are off unless a token file is named."""
 
     host: str = "127.0.0.1"
     port: int = 0
+    admin_token_file: Path | None = None
+    """A file holding the bearer token /admin requires (mode 0600); None: /admin is off."""
 
     @property
     def listen(self) -> str:
@@ -216,7 +219,7 @@ _NETWORK_INTS = {  # key -> (min, max)
 SECTION_KEYS = {
     "node": ("name", "key_file", "data_dir", "chain_id", "region"),
     "network": ("listen", "bootstrap", *_NETWORK_INTS),
-    "status": ("listen",),
+    "status": ("listen", "admin_token_file"),
     "capacity": ("detect", "price_per_gpu_hour", "gpus"),
     "gossip": ("announce_interval_ms", "announcement_ttl_ms"),
     "log": ("level", "format", "file"),
@@ -236,7 +239,7 @@ def _parse(raw: dict[str, Any], path: Path) -> NodeConfig:
         path=path,
         node=_parse_node(raw.get("node", {}), base),
         network=_parse_network(raw.get("network", {})),
-        status=_parse_status(raw.get("status", {})),
+        status=_parse_status(raw.get("status", {}), base),
         capacity=_parse_capacity(raw.get("capacity", {})),
         gossip=_parse_gossip(raw.get("gossip", {})),
         log=_parse_log(raw.get("log", {}), base),
@@ -266,10 +269,10 @@ def _parse_network(raw: object) -> NetworkSection:
     )
 
 
-def _parse_status(raw: object) -> StatusSection:
+def _parse_status(raw: object, base: Path) -> StatusSection:
     t = _Table(raw, "status", SECTION_KEYS["status"])
     host, port = t.get("listen", _loopback_host_port, ("127.0.0.1", 0))
-    return StatusSection(host, port)
+    return StatusSection(host, port, t.get("admin_token_file", _optional_path(base), None))
 
 
 def _parse_capacity(raw: object) -> CapacitySection:
@@ -535,6 +538,7 @@ def default_config(
     log_level: str = LogSection.level,
     log_format: str = LogSection.format,
     log_file: str | os.PathLike[str] = "",
+    admin_token_file: str | os.PathLike[str] = "",
     base_dir: Path | None = None,
 ) -> NodeConfig:
     """A loopback config for `base_dir/node.toml` (base_dir: the current directory), checked
@@ -550,7 +554,11 @@ def default_config(
         network=NetworkSection(
             listen=(f"/ip4/127.0.0.1/tcp/{listen_port}",), bootstrap=tuple(bootstrap)
         ),
-        status=StatusSection("127.0.0.1", status_port),
+        status=StatusSection(
+            "127.0.0.1",
+            status_port,
+            Path(admin_token_file) if os.fspath(admin_token_file) else None,
+        ),
         capacity=CapacitySection(
             detect or ("declared" if gpus else "auto"), price_per_gpu_hour, tuple(gpus)
         ),
@@ -575,7 +583,9 @@ _NOTES = {
     "only a label. chain_id scopes every signature: nodes on other chains are ignored.",
     "network": "libp2p. listen: TCP multiaddrs to bind (/ip4/0.0.0.0/tcp/4001 accepts other\n"
     "machines). bootstrap: peers to dial at start, each ending in /p2p/<peer id>.",
-    "status": "The /status and /metrics endpoint. Loopback only: it has no authentication.",
+    "status": "The /status and /metrics endpoint. Loopback only: it has no authentication.\n"
+    "admin_token_file: a file (mode 0600) with the bearer token for /admin (fault\n"
+    "injection by `gpumesh swarm`); empty turns /admin off.",
     "capacity": "What this node offers. detect: auto (NVML or nvidia-smi, else the declared\n"
     "GPUs), nvidia-smi (must find GPUs) or declared (trust the list below, unverified).\n"
     "gpus: the declared models, each {model, count, memory_mib} (or [[capacity.gpus]] tables).",
@@ -610,7 +620,10 @@ def write_config(path: Path, cfg: NodeConfig) -> None:
 def _to_tables(cfg: NodeConfig, base: Path) -> dict[str, dict[str, Any]]:
     """Sections as TOML tables: one key per dataclass field, except status.listen."""
     tables = {f.name: _table(getattr(cfg, f.name), base) for f in fields(cfg) if f.name != "path"}
-    tables["status"] = {"listen": cfg.status.listen}
+    tables["status"] = {
+        "listen": cfg.status.listen,
+        "admin_token_file": _toml_value(cfg.status.admin_token_file, base),
+    }
     return tables
 
 

@@ -13,6 +13,8 @@ nodes to dial when we have too few peers.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from p2p.announcements import (
@@ -27,7 +29,12 @@ from p2p.announcements import (
 )
 from p2p.errors import BadSignature, DecodeError
 from p2p.identity import Identity, PeerId, peer_id_from_public_key, short_peer
-from p2p.wire import sign
+from p2p.wire import Signed, sign
+
+AnnouncementDecoder = Callable[[bytes], Signed[CapacityAnnouncement]]
+"""Decode and verify gossip bytes, raising DecodeError/BadSignature like
+`decode_announcement`. Injectable so a simulator of many nodes can verify each message once
+and share the result (decoding is pure: the same bytes always give the same answer)."""
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -154,11 +161,21 @@ class Ready:
 
 
 class NodeCore:
-    """One node's protocol state. Drive it with `step`; never mutate it from outside."""
+    """One node's protocol state. Drive it with `step`; never mutate it from outside.
 
-    def __init__(self, identity: Identity, config: CoreConfig) -> None:
+    `decode` (default: `decode_announcement` for our chain) must behave exactly like it; the
+    simulator passes a memoising one.
+    """
+
+    def __init__(
+        self, identity: Identity, config: CoreConfig, *, decode: AnnouncementDecoder | None = None
+    ) -> None:
         self.identity = identity
         self.config = config
+        chain_id = config.chain_id
+        self._decode: AnnouncementDecoder = decode or (
+            lambda data: decode_announcement(data, chain_id)
+        )
         self.book = AnnouncementBook(config.chain_id, config.book)
         self.peers: set[PeerId] = set()
         self._addrs: tuple[str, ...] = ()
@@ -168,15 +185,24 @@ class NodeCore:
         self._next_announce_ms = 0
         self._penalties: dict[PeerId, int] = {}
         self._last_dial_ms: dict[PeerId, int] = {}
+        self._dials_quiet_until_ms = 0
+        """Before this time no dial can be planned (see `_plan_dials`); 0 means unknown."""
         self.verdict_counts: dict[str, int] = {}
 
     # -- the one entry point -------------------------------------------------------------------
 
     def step(self, now_ms: int, inp: Input) -> Ready:
         ready = Ready()
+        if isinstance(inp, GossipIn):  # by far the most frequent input: no pattern matching
+            self._on_gossip(now_ms, inp.topic, inp.data, inp.origin, ready)
+        else:
+            self._on_other(now_ms, inp, ready)
+        self._on_time(now_ms, ready)
+        ready.wake_at_ms = self._next_wake_ms(now_ms)
+        return ready
+
+    def _on_other(self, now_ms: int, inp: Input, ready: Ready) -> None:
         match inp:
-            case GossipIn(topic=topic, data=data, origin=origin):
-                self._on_gossip(now_ms, topic, data, origin, ready)
             case PeerUp(peer=peer):
                 self.peers.add(peer)
                 self._next_announce_ms = min(
@@ -185,6 +211,7 @@ class NodeCore:
                 ready.events.append(Event("peer_up", (("peer", short_peer(peer)),)))
             case PeerDown(peer=peer):
                 self.peers.discard(peer)
+                self._dials_quiet_until_ms = 0  # the peer we lost is a dial candidate again
                 ready.events.append(Event("peer_down", (("peer", short_peer(peer)),)))
             case LocalLoad(free_gpus=free, load_permille=load):
                 free = min(free, sum(g.count for g in self.config.gpus))
@@ -196,9 +223,6 @@ class NodeCore:
                 self._next_announce_ms = now_ms
             case Tick():
                 pass
-        self._on_time(now_ms, ready)
-        ready.wake_at_ms = self._next_wake_ms(now_ms)
-        return ready
 
     # -- handlers ------------------------------------------------------------------------------
 
@@ -208,29 +232,22 @@ class NodeCore:
         if topic != TOPIC_CAPACITY:
             ready.events.append(Event("gossip_unknown_topic", (("topic", topic[:64]),)))
             return
+        reason: str | None = None  # None: the verdict's name says it all
         try:
-            signed = decode_announcement(data, self.config.chain_id)
+            signed = self._decode(data)
         except BadSignature as exc:
             verdict, reason = Verdict.BAD_SIGNATURE, str(exc)
         except DecodeError as exc:
             verdict, reason = Verdict.MALFORMED, str(exc)
         else:
             verdict = self.book.offer(signed, now_ms)
-            reason = verdict.value
-        self.verdict_counts[verdict.value] = self.verdict_counts.get(verdict.value, 0) + 1
+        name = verdict.value  # read once: an enum's .value is a descriptor call
+        self.verdict_counts[name] = self.verdict_counts.get(name, 0) + 1
         if verdict is Verdict.ACCEPTED:
             ann = signed.record
-            ready.events.append(
-                Event(
-                    "announcement_accepted",
-                    (
-                        ("from", short_peer(peer_id_from_public_key(ann.node_id))),
-                        ("seq", ann.seq),
-                        ("issued_ms", ann.issued_ms),
-                        ("gpus", ann.gpu_total),
-                    ),
-                )
-            )
+            if ann.addrs:
+                self._dials_quiet_until_ms = 0  # a node we may dial, or a new address of one
+            ready.events.append(_accepted_event(ann.node_id, ann.seq, ann.issued_ms, ann.gpu_total))
         elif verdict in (Verdict.DUPLICATE, Verdict.STALE):
             return  # normal under gossip: late or repeated copies
         else:
@@ -240,7 +257,7 @@ class NodeCore:
                     (
                         ("origin", short_peer(origin)),
                         ("verdict", verdict.value),
-                        ("reason", reason[:200]),
+                        ("reason", (name if reason is None else reason)[:200]),
                     ),
                 )
             )
@@ -259,13 +276,14 @@ class NodeCore:
             ready.events.append(
                 Event(
                     "announcement_expired",
-                    (("from", short_peer(peer_id_from_public_key(node_id))),),
+                    (("from", _short_of_key(node_id)),),
                 )
             )
         if now_ms >= self._next_announce_ms:
             ready.publish.append(Publish(TOPIC_CAPACITY, self._announce(now_ms)))
             self._next_announce_ms = now_ms + self.config.announce_interval_ms
-        self._plan_dials(now_ms, ready)
+        if len(self.peers) < self.config.peers_target and now_ms >= self._dials_quiet_until_ms:
+            self._plan_dials(now_ms, ready)
 
     def _announce(self, now_ms: int) -> bytes:
         """Sign a fresh announcement and hold it in our own book too (we are part of supply).
@@ -295,30 +313,45 @@ class NodeCore:
 
     def _plan_dials(self, now_ms: int, ready: Ready) -> None:
         """Dial known but unconnected nodes while below peers_target, each at most once per
-        dial_retry_ms; the order is by node id, so every run makes the same choices."""
+        dial_retry_ms; the order is by node id, so every run makes the same choices.
+
+        A scan that finds no one to dial sets `_dials_quiet_until_ms` to the first moment a
+        retry falls due; until then, or until a peer leaves or an announcement with addresses
+        arrives, another scan would find no one either and is skipped. A node short of peers
+        in a big network would otherwise sort its whole book on every step."""
         missing = self.config.peers_target - len(self.peers)
-        if missing <= 0:
+        if missing <= 0 or now_ms < self._dials_quiet_until_ms:
             return
+        retry_ms = self.config.dial_retry_ms
+        next_due: int | None = None
+        dialled = False
         for ann in self.book.live(now_ms):
             if missing <= 0:
                 break
-            peer = peer_id_from_public_key(ann.node_id)
-            if peer == self.identity.peer_id or peer in self.peers or not ann.addrs:
+            if not ann.addrs:
                 continue
-            if (
-                now_ms - self._last_dial_ms.get(peer, -self.config.dial_retry_ms)
-                < self.config.dial_retry_ms
-            ):
+            peer = _peer_of_key(ann.node_id)
+            if peer == self.identity.peer_id or peer in self.peers:
+                continue
+            last = self._last_dial_ms.get(peer, -retry_ms)
+            if now_ms - last < retry_ms:
+                due = last + retry_ms
+                next_due = due if next_due is None else min(next_due, due)
                 continue
             self._last_dial_ms[peer] = now_ms
             ready.dial.append(Dial(peer, ann.addrs))
+            dialled = True
             missing -= 1
+        if not dialled:
+            self._dials_quiet_until_ms = next_due if next_due is not None else _NEVER_MS
 
     def _next_wake_ms(self, now_ms: int) -> int:
+        """`_on_time` has just expired everything due, so the book's first expiry is the
+        first live one."""
         wake = self._next_announce_ms
-        live = self.book.live(now_ms)
-        if live:
-            wake = min(wake, min(a.expires_ms for a in live))
+        first_expiry = self.book.next_expiry_ms()
+        if first_expiry is not None:
+            wake = min(wake, first_expiry)
         if len(self.peers) < self.config.peers_target:
             wake = min(wake, now_ms + self.config.dial_retry_ms)
         return max(wake, now_ms + 1)
@@ -345,6 +378,30 @@ class NodeCore:
             "announcements": [_row(a, now_ms) for a in self.book.live(now_ms)],
             "verdicts": dict(sorted(self.verdict_counts.items())),
         }
+
+
+_NEVER_MS = 2**63
+"""A time no clock reaches: "no dial falls due until something else changes"."""
+
+
+@functools.lru_cache(maxsize=65_536)
+def _peer_of_key(node_id: bytes) -> PeerId:
+    """Peer ids are base58 of the key: pure, but slow enough to matter per message."""
+    return peer_id_from_public_key(node_id)
+
+
+def _short_of_key(node_id: bytes) -> str:
+    return short_peer(_peer_of_key(node_id))
+
+
+@functools.lru_cache(maxsize=4_096)
+def _accepted_event(node_id: bytes, seq: int, issued_ms: int, gpus: int) -> Event:
+    """The log event for an accepted announcement: a pure function of it, and immutable, so
+    the many nodes of a simulation that accept the same announcement share one."""
+    return Event(
+        "announcement_accepted",
+        (("from", _short_of_key(node_id)), ("seq", seq), ("issued_ms", issued_ms), ("gpus", gpus)),
+    )
 
 
 def _row(ann: CapacityAnnouncement, now_ms: int) -> dict[str, object]:

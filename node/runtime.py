@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,7 +42,7 @@ from node.core import (
 )
 from node.logs import LOGGER_NAME, log_event
 from node.metrics import NodeMetrics
-from node.status_http import StatusApp, serve_status
+from node.status_http import AdminApi, StatusApp, read_admin_token, serve_status
 from p2p.announcements import TOPIC_CAPACITY, BookConfig, gossip_validator
 from p2p.identity import Identity, short_peer
 from p2p.transport import (
@@ -49,6 +50,7 @@ from p2p.transport import (
     GossipMessage,
     PeerEvent,
     PeerEventKind,
+    TrafficPolicy,
     Transport,
     TransportConfig,
 )
@@ -56,6 +58,9 @@ from p2p.transport import (
 INBOX_MAX = 1024
 DIALS_CONCURRENT_MAX = 4
 BOOTSTRAP_BACKOFF_S = (0.1, 5.0)
+LINK_STABLE_S = 1.0
+"""A bootstrap link that drops sooner than this after we made it counts as a failed dial (the
+peer refused us, e.g. its side of a partition), so we back off instead of redialling hot."""
 GPU_LOAD_INTERVAL_S = 10.0
 RUNTIME_FILE = "runtime.json"
 
@@ -131,16 +136,19 @@ class NodeRuntime:
         self._open_transport = open_transport
         self._log = logging.getLogger(f"{LOGGER_NAME}.node")
         self._peers_changed = trio.Event()
+        self._policy_changed = trio.Event()
         self._dial_limiter = trio.CapacityLimiter(DIALS_CONCURRENT_MAX)
+        self.policy = TrafficPolicy.none()
+        token_file = config.status.admin_token_file
+        # Read before the node starts, so a bad token file stops it with a config error.
+        self._admin_token = read_admin_token(token_file, config.path) if token_file else None
         self.transport: Transport | None = None
         self.metrics: NodeMetrics | None = None
         self.status_app: StatusApp | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def run(
-        self, *, task_status: TaskStatus[RuntimeInfo] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, *, task_status: TaskStatus[RuntimeInfo] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. Reports RuntimeInfo once listening and serving status."""
         cfg = self.config
         async with (
@@ -151,7 +159,10 @@ class NodeRuntime:
         ):
             self.transport = transport
             self.metrics = NodeMetrics(lambda: transport.stats)
-            self.status_app = StatusApp(self._snapshot, self.metrics.render)
+            admin = None
+            if self._admin_token is not None:
+                admin = AdminApi(self._admin_token, lambda: self.policy, self.set_traffic_policy)
+            self.status_app = StatusApp(self._snapshot, self.metrics.render, admin)
             inbox_send, inbox = trio.open_memory_channel[Input](INBOX_MAX)
             chain_id, book_cfg = cfg.node.chain_id.encode(), self.core.config.book
             gossip = await transport.subscribe(
@@ -253,8 +264,7 @@ class NodeRuntime:
     ) -> None:
         async with inbox:
             async for ev in events:
-                self._peers_changed.set()
-                self._peers_changed = trio.Event()
+                self._wake_links()
                 up = ev.kind is PeerEventKind.CONNECTED
                 await inbox.send(PeerUp(ev.peer) if up else PeerDown(ev.peer))
 
@@ -269,30 +279,77 @@ class NodeRuntime:
 
     # -- connectivity --------------------------------------------------------------------------
 
+    def set_traffic_policy(self, policy: TrafficPolicy) -> None:
+        """Apply a fault-injection policy (from /admin/policy) to the transport, and wake the
+        dial loops: cut-off peers stop being dialled, healed ones are dialled at once."""
+        self._require_transport().set_traffic_policy(policy)
+        self.policy = policy
+        log_event(
+            self._log,
+            "traffic_policy",
+            {
+                "blocked_in": sorted(short_peer(p) for p in policy.blocked_in),
+                "blocked_out": sorted(short_peer(p) for p in policy.blocked_out),
+                "delay_ms": {short_peer(p): ms for p, ms in policy.delay_ms.items()},
+                "default_delay_ms": policy.default_delay_ms,
+            },
+            logging.WARNING if not policy.is_none else logging.INFO,
+        )
+        self._policy_changed.set()
+        self._policy_changed = trio.Event()
+        self._wake_links()
+        if self.status_app is not None:
+            self.status_app.changed()
+
+    def _wake_links(self) -> None:
+        self._peers_changed.set()
+        self._peers_changed = trio.Event()
+
+    async def _pause(self, seconds: float) -> None:
+        """Back off, but not past a policy change (a heal must not wait out a backoff)."""
+        with trio.move_on_after(seconds):
+            await self._policy_changed.wait()
+
     async def _keep_connected(self, addr: str) -> None:
         """Stay connected to a bootstrap peer: dial with capped exponential backoff, and dial
-        again whenever it drops (restarts, partitions)."""
+        again whenever it drops (restarts, partitions). A peer the traffic policy cuts off is
+        not dialled until the policy changes."""
         transport = self._require_transport()
         peer = addr.rsplit("/p2p/", 1)[-1]
         backoff_s, backoff_max_s = BOOTSTRAP_BACKOFF_S
+        connected_at_s = -math.inf
         while True:
-            if peer not in transport.connected_peers():
-                try:
-                    await transport.connect(addr)
-                except ConnectFailed as exc:
-                    log_event(
-                        self._log,
-                        "bootstrap_dial_failed",
-                        {"addr": addr, "reason": exc.reason[:200], "retry_s": backoff_s},
-                        logging.DEBUG,
-                    )
-                    await trio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, backoff_max_s)
-                    continue
+            if self.policy.cuts_off(peer):
                 backoff_s = BOOTSTRAP_BACKOFF_S[0]
-            await self._peers_changed.wait()
+                await self._policy_changed.wait()
+                continue
+            if peer in transport.connected_peers():
+                await self._peers_changed.wait()  # set on every peer event and policy change
+                continue
+            up_s, connected_at_s = trio.current_time() - connected_at_s, -math.inf
+            if up_s < LINK_STABLE_S:
+                await self._pause(backoff_s)
+                backoff_s = min(backoff_s * 2, backoff_max_s)
+                continue
+            if up_s != math.inf:
+                backoff_s = BOOTSTRAP_BACKOFF_S[0]  # a link that held: start afresh
+            try:
+                await transport.connect(addr)
+            except ConnectFailed as exc:
+                log_event(
+                    self._log,
+                    "bootstrap_dial_failed",
+                    {"addr": addr, "reason": exc.reason[:200], "retry_s": backoff_s},
+                    logging.DEBUG,
+                )
+                await self._pause(backoff_s)
+                backoff_s = min(backoff_s * 2, backoff_max_s)
+                continue
+            connected_at_s = trio.current_time()
 
     async def _dial(self, dial: Dial) -> None:
+        if self.policy.cuts_off(dial.peer):
+            return  # the core retries later; by then the policy may be lifted
         transport = self._require_transport()
         async with self._dial_limiter:
             for addr in dial.addrs:
@@ -317,6 +374,7 @@ class NodeRuntime:
         if self.transport is not None:
             snap["listen_addrs"] = list(self.transport.listen_addrs)
             snap["transport"] = self.transport.stats.as_dict()
+        snap["traffic_policy"] = self.policy.as_json()
         return snap
 
     def _require_transport(self) -> Transport:

@@ -1,29 +1,64 @@
-"""The node's local HTTP endpoint: /status (JSON), /metrics (Prometheus), /healthz.
+"""The node's local HTTP endpoint: /status (JSON), /metrics (Prometheus), /healthz, /admin.
 
 Bound to loopback only (config refuses anything else): it is for the operator on this machine
 and for Prometheus scraping through a local agent, never for the network. /status can
-long-poll (`?wait_peers=N&wait_nodes=M&timeout_ms=T`): the server answers once the node's
-view satisfies the condition, woken by the runtime after every step, so tools and tests wait
-on the node's own events instead of polling in a sleep loop.
+long-poll (`?wait_peers=N&wait_nodes=M&wait_nodes_max=K&timeout_ms=T`): the server answers
+once the node's view satisfies the condition, woken by the runtime after every step, so tools
+and tests wait on the node's own events instead of polling in a sleep loop.
+
+/admin/policy (GET, POST) reads and replaces the node's traffic policy, the fault injection
+a local swarm drives. Loopback is not enough for that (any local user can reach the port), so
+it also demands `Authorization: Bearer <token>` with the token from `status.admin_token_file`,
+compared in constant time; a wrong or missing token gets a bare 401, and without a token
+file the route does not exist (404).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 
+from node.config import ConfigError
+from p2p.transport import PolicyError, TrafficPolicy
+
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
 
 REQUEST_BYTES_MAX = 8 * 1024
+ADMIN_BODY_BYTES_MAX = 256 * 1024
+"""A policy naming the most peers it may (1,024 per set) fits well inside this."""
+TOKEN_CHARS = (32, 1024)
 WAIT_MS_MAX = 120_000
 log = logging.getLogger("gpumesh.status")
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+}
+
+
+@dataclass(frozen=True)
+class AdminApi:
+    """What /admin may do to the node: read and replace its traffic policy."""
+
+    token: bytes
+    policy: Callable[[], TrafficPolicy]
+    apply: Callable[[TrafficPolicy], None]
 
 
 @dataclass
@@ -32,6 +67,7 @@ class StatusApp:
 
     snapshot: Callable[[], dict[str, object]]
     metrics: Callable[[], bytes]
+    admin: AdminApi | None = None
 
     def __post_init__(self) -> None:
         self._changed = trio.Event()
@@ -61,33 +97,41 @@ def _condition(query: dict[str, list[str]]) -> tuple[Callable[[dict[str, object]
         return value
 
     peers, nodes = number("wait_peers"), number("wait_nodes")
+    nodes_max = number("wait_nodes_max") if "wait_nodes_max" in query else None
     timeout_ms = min(number("timeout_ms") or 10_000, WAIT_MS_MAX)
 
     def ready(snap: dict[str, object]) -> bool:
         supply = snap.get("supply", {})
         seen = supply.get("nodes", 0) if isinstance(supply, dict) else 0
         have_peers = snap.get("peers", [])
-        return len(have_peers) >= peers and seen >= nodes  # type: ignore[arg-type]
+        at_most = nodes_max is None or seen <= nodes_max
+        return len(have_peers) >= peers and seen >= nodes and at_most  # type: ignore[arg-type]
 
-    return ready, (timeout_ms if peers or nodes else 0)
+    waits = peers or nodes or nodes_max is not None
+    return ready, (timeout_ms if waits else 0)
 
 
-async def _respond(stream: trio.SocketStream, code: int, body: bytes, ctype: str) -> None:
-    reason = {
-        200: "OK",
-        400: "Bad Request",
-        404: "Not Found",
-        408: "Request Timeout",
-        405: "Method Not Allowed",
-    }.get(code, "Error")
+async def _respond(
+    stream: trio.SocketStream, code: int, body: bytes, ctype: str, extra: str = ""
+) -> None:
     head = (
-        f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
     ).encode()
     await stream.send_all(head + body)
 
 
-async def _read_head(stream: trio.SocketStream) -> bytes:
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    target: str
+    headers: dict[str, str]
+    """Lower-cased names; a repeated header keeps its last value."""
+    body_start: bytes
+    """Whatever arrived after the head: the beginning of the body."""
+
+
+async def _read_request(stream: trio.SocketStream) -> _Request:
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = await stream.receive_some(4096)
@@ -96,19 +140,28 @@ async def _read_head(stream: trio.SocketStream) -> bytes:
         data += chunk
         if len(data) > REQUEST_BYTES_MAX:
             raise ValueError("request head too large")
-    return data
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return _Request(method, target, headers, rest)
 
 
 async def _handle(app: StatusApp, stream: trio.SocketStream) -> None:
     async with stream:
         try:
             with trio.fail_after(5):
-                head = await _read_head(stream)
-            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+                request = await _read_request(stream)
         except (ValueError, trio.TooSlowError, trio.BrokenResourceError):
             return
-        url = urlsplit(target)
-        if method != "GET":
+        method, url = request.method, urlsplit(request.target)
+        if url.path == "/admin" or url.path.startswith("/admin/"):
+            await _admin(app.admin, stream, request, url.path)
+        elif method != "GET":
             await _respond(stream, 405, b"only GET\n", "text/plain")
         elif url.path == "/metrics":
             await _respond(stream, 200, app.metrics(), "text/plain; version=0.0.4")
@@ -148,3 +201,90 @@ async def serve_status(
         await _handle(app, stream)
 
     await trio.serve_listeners(handler, listeners)
+
+
+# ---------------------------------------------------------------------------------------------
+# /admin
+
+
+async def _admin(
+    api: AdminApi | None, stream: trio.SocketStream, request: _Request, path: str
+) -> None:
+    if api is None or path != "/admin/policy":
+        await _respond(stream, 404, b"routes: /status /metrics /healthz\n", "text/plain")
+    elif not _authorised(api.token, request.headers.get("authorization", "")):
+        # Nothing about why: a prober learns neither the scheme's details nor the token's.
+        await _respond(stream, 401, b"unauthorised\n", "text/plain", "WWW-Authenticate: Bearer\r\n")
+    elif request.method == "GET":
+        await _respond(stream, 200, _policy_json(api.policy()), "application/json")
+    elif request.method == "POST":
+        await _admin_post(api, stream, request)
+    else:
+        await _respond(stream, 405, b"/admin/policy takes GET and POST\n", "text/plain")
+
+
+async def _admin_post(api: AdminApi, stream: trio.SocketStream, request: _Request) -> None:
+    length_text = request.headers.get("content-length", "")
+    if not length_text.isascii() or not length_text.isdigit():
+        await _respond(stream, 411, b"POST needs a Content-Length header\n", "text/plain")
+        return
+    length = int(length_text)
+    if length > ADMIN_BODY_BYTES_MAX:
+        problem = f"body of {length} bytes exceeds the limit of {ADMIN_BODY_BYTES_MAX}\n"
+        await _respond(stream, 413, problem.encode(), "text/plain")
+        return
+    body = request.body_start[:length]
+    try:
+        with trio.fail_after(5):
+            while len(body) < length:
+                chunk = await stream.receive_some(length - len(body))
+                if not chunk:
+                    raise ValueError(f"body ended after {len(body)} of {length} bytes")
+                body += chunk
+        policy = TrafficPolicy.from_json(json.loads(body))
+    except trio.TooSlowError:
+        return
+    except PolicyError as exc:
+        await _respond(stream, 400, f"bad policy: {exc}\n".encode(), "text/plain")
+        return
+    except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        await _respond(stream, 400, f"body is not a JSON policy: {exc}\n".encode(), "text/plain")
+        return
+    api.apply(policy)
+    await _respond(stream, 200, _policy_json(api.policy()), "application/json")
+
+
+def _authorised(token: bytes, header: str) -> bool:
+    """Compare digests in constant time, so neither the token's bytes nor its length leak
+    through how long a wrong guess takes."""
+    scheme, _, presented = header.partition(" ")
+    presented_bytes = presented.strip().encode("latin-1", errors="replace")
+    digests = (hashlib.sha256(presented_bytes).digest(), hashlib.sha256(token).digest())
+    ok = hmac.compare_digest(*digests)
+    return scheme.lower() == "bearer" and ok
+
+
+def _policy_json(policy: TrafficPolicy) -> bytes:
+    return json.dumps(policy.as_json(), sort_keys=True).encode() + b"\n"
+
+
+def read_admin_token(path: Path, config_file: Path) -> bytes:
+    """The admin token, refused (as a config error naming `status.admin_token_file`) when the
+    file is missing, readable by others, or not 32..1024 printable non-space characters."""
+
+    def problem(text: str) -> ConfigError:
+        return ConfigError(config_file, "status.admin_token_file", f"{path}: {text}")
+
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise problem("file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise problem(f"cannot read: {exc}") from None
+    if stat.S_IMODE(mode) & 0o077:
+        raise problem(f"readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it")
+    lo, hi = TOKEN_CHARS
+    if not lo <= len(text) <= hi or not all("!" <= ch <= "~" for ch in text):
+        raise problem(f"expected {lo}..{hi} printable characters without spaces")
+    return text.encode()

@@ -9,7 +9,9 @@ comes in as `now_ms`, and the same offers in the same order always give the same
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import functools
+import heapq
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 from p2p.errors import BadSignature, DecodeError
@@ -83,9 +85,17 @@ class CapacityAnnouncement(Record):
             return "each GPU model may appear once"
         return None
 
-    @property
+    @functools.cached_property
     def gpu_total(self) -> int:
+        """Cached on first use (the record is immutable): read once per delivery by every
+        core in a simulation. Not a field, so equality and the wire form ignore it."""
         return sum(g.count for g in self.gpus)
+
+    @functools.cached_property
+    def expiry_key(self) -> tuple[int, bytes]:
+        """(expires_ms, node_id), the book's expiry-heap item: built once per record, so the
+        books of a thousand simulated nodes holding this record share one tuple."""
+        return (self.expires_ms, self.node_id)
 
 
 class Verdict(enum.Enum):
@@ -170,12 +180,20 @@ def decode_announcement(data: bytes, chain_id: bytes) -> Signed[CapacityAnnounce
 
 
 class AnnouncementBook:
-    """The latest valid announcement of each node, bounded in size, pure."""
+    """The latest valid announcement of each node, bounded in size, pure.
+
+    Expiry is tracked with a lazy min-heap of (expires_ms, node_id): a replaced or evicted
+    entry leaves a stale heap item behind, dropped when it surfaces. So `expire` and
+    `next_expiry_ms` cost O(log n) per change instead of a scan of the whole book on every
+    step (which made a 1,000-node book cost ~200 us per gossip message), with exactly the
+    same results as a scan.
+    """
 
     def __init__(self, chain_id: bytes, config: BookConfig | None = None) -> None:
         self.chain_id = chain_id
         self.config = config or BookConfig()
         self._entries: dict[bytes, Signed[CapacityAnnouncement]] = {}
+        self._expiries: list[tuple[int, bytes]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -207,7 +225,19 @@ class AnnouncementBook:
             if len(self._entries) >= self.config.entries_max and not self._evict_for(ann):
                 return Verdict.BOOK_FULL
         self._entries[ann.node_id] = signed
+        self._track_expiry(ann)
         return Verdict.ACCEPTED
+
+    def _track_expiry(self, ann: CapacityAnnouncement) -> None:
+        heap = self._expiries
+        heapq.heappush(heap, ann.expiry_key)
+        if len(heap) > 2 * len(self._entries) + 64:  # bounded: rebuild without stale items
+            self._expiries = [s.record.expiry_key for s in self._entries.values()]
+            heapq.heapify(self._expiries)
+
+    def _is_current(self, item: tuple[int, bytes]) -> bool:
+        held = self._entries.get(item[1])
+        return held is not None and held.record.expires_ms == item[0]
 
     def _evict_for(self, ann: CapacityAnnouncement) -> bool:
         """Make room by dropping the entry that expires first, if it expires before `ann`."""
@@ -219,10 +249,41 @@ class AnnouncementBook:
 
     def expire(self, now_ms: int) -> list[bytes]:
         """Drop announcements whose time is up; returns the node ids dropped, sorted."""
-        gone = sorted(k for k, s in self._entries.items() if s.record.expires_ms <= now_ms)
-        for node_id in gone:
-            del self._entries[node_id]
+        heap = self._expiries
+        if not heap or heap[0][0] > now_ms:
+            return []
+        gone = []
+        while heap and heap[0][0] <= now_ms:
+            item = heapq.heappop(heap)
+            if self._is_current(item):
+                del self._entries[item[1]]
+                gone.append(item[1])
+        gone.sort()
         return gone
+
+    def next_expiry_ms(self) -> int | None:
+        """When the first held announcement expires (None for an empty book)."""
+        heap, entries = self._expiries, self._entries
+        while heap:
+            expires_ms, node_id = heap[0]
+            held = entries.get(node_id)
+            if held is not None and held.record.expires_ms == expires_ms:
+                return expires_ms
+            heapq.heappop(heap)
+        return None
+
+    def covers(self, node_ids: Set[bytes], now_ms: int) -> bool:
+        """True iff the book holds an unexpired announcement from every node in `node_ids`.
+
+        A set comparison against the book's keys, so a simulator can ask it of a thousand
+        books every simulated second; the per-entry expiry check only runs when something
+        in the book has expired and not yet been dropped."""
+        if not node_ids <= self._entries.keys():
+            return False
+        first = self.next_expiry_ms()
+        if first is None or first > now_ms:
+            return True
+        return all(self._entries[k].record.expires_ms > now_ms for k in node_ids)
 
     def get(self, node_id: bytes) -> CapacityAnnouncement | None:
         held = self._entries.get(node_id)

@@ -7,12 +7,17 @@ check before publishing (1 MiB gossip vanishes without an error), framed request
 own ping with a deadline (libp2p never notices a hung peer), and a shielded `host.close()`
 (leaving without it leaks listeners). Peer events come from libp2p's network notifee, backed by
 a slow poll, and are diffed against the last known set so each transition is reported once.
+
+A traffic policy (fault injection, `p2p.traffic_edge`) is enforced where libp2p lets us in: a
+topic validator drops gossip from blocked peers before our own validator runs, the drain task
+holds delayed gossip, requests check before opening a stream, and a peer that is cut off both
+ways is disconnected, its new connections closed as soon as the notifee reports them, and never
+dialled; so gossipsub has no link to it at all while the policy holds.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -37,8 +42,11 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
+from p2p.framing import FrameError, read_frame, write_frame
 from p2p.identity import Identity
+from p2p.liveness import PING_NONCE, PingMonitor
 from p2p.memory_transport import PublishPacer
+from p2p.traffic_edge import BLOCKED_REASON, PolicyEdge
 from p2p.transport import (
     ConnectFailed,
     GossipMessage,
@@ -48,8 +56,8 @@ from p2p.transport import (
     PeerId,
     RequestFailed,
     RequestHandler,
+    TrafficPolicy,
     TransportConfig,
-    TransportError,
     TransportStats,
     Validator,
 )
@@ -60,17 +68,7 @@ PING_PROTOCOL = "/gpumesh/ping/1.0.0"
 PEER_POLL_INTERVAL_S = 1.0
 """Backstop for the connection notifee: the peer set is re-read at least this often."""
 CLOSE_TIMEOUT_S = 5.0
-_FRAME_HEADER = struct.Struct(">I")
-_PING_NONCE = struct.Struct(">Q")
 _NET_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-class FrameError(TransportError):
-    """A peer's frame that was cut short or announced more bytes than the limit."""
-
-    def __init__(self, reason: str, size: int, limit: int) -> None:
-        super().__init__(f"bad frame ({reason}): {size} bytes, limit {limit}")
-        self.reason, self.size, self.limit = reason, size, limit
 
 
 def peer_id_via_libp2p(public_key: bytes) -> str:
@@ -87,11 +85,19 @@ class Libp2pTransport:
         self._config = config
         self._peer_id = str(host.get_id())
         self._stats = TransportStats(extra={"pings_ok": 0})
+        self._edge = PolicyEdge(self._stats, config.inbox_max)
+        self._refusing: set[PeerId] = set()
         self._pacer = PublishPacer(config.publish_rate_per_s)
         self._known_peers: frozenset[PeerId] = frozenset()
-        self._ping_misses: dict[PeerId, int] = {}
-        self._ping_nonce = 0
+        self._pings = PingMonitor(
+            config,
+            self._stats,
+            round_trip=self._ping_round_trip,
+            peers=self.connected_peers,
+            drop=self._drop_unresponsive,
+        )
         self._ping_paused = False
+        self._ping_streams: dict[PeerId, INetStream] = {}
         self._serving: set[trio.CancelScope] = set()
         self._inboxes: list[trio.MemorySendChannel[GossipMessage]] = []
         self._nursery: trio.Nursery | None = None
@@ -122,8 +128,9 @@ class Libp2pTransport:
                     await pubsub.wait_until_ready()
                     async with trio.open_nursery() as nursery:
                         node._nursery = nursery
+                        node._edge.attach(nursery)
                         nursery.start_soon(node._watch_peers)
-                        nursery.start_soon(node._ping_loop)
+                        nursery.start_soon(node._pings.run)
                         try:
                             yield node
                         finally:
@@ -148,7 +155,12 @@ class Libp2pTransport:
         return self._stats
 
     def connected_peers(self) -> frozenset[PeerId]:
-        return frozenset(str(p) for p in self._host.get_connected_peers())
+        """Connected peers, less those being closed because the traffic policy cuts them off."""
+        return frozenset(
+            peer
+            for peer in (str(p) for p in self._host.get_connected_peers())
+            if not self._edge.refuses(peer)
+        )
 
     def peer_events(self) -> trio.MemoryReceiveChannel[PeerEvent]:
         return self._events_recv
@@ -161,6 +173,9 @@ class Libp2pTransport:
             raise ConnectFailed(addr, f"bad address: {exc}") from exc
         if str(info.peer_id) == self._peer_id:
             raise ConnectFailed(addr, "cannot connect to ourselves")
+        if self._edge.refuses(str(info.peer_id)):
+            self._edge.count_refused()
+            raise ConnectFailed(addr, BLOCKED_REASON)
         timeout_s = self._config.request_timeout_ms / 1000
         try:
             with trio.fail_after(timeout_s):
@@ -192,8 +207,30 @@ class Libp2pTransport:
                 await self._wake_recv.receive()
             self._reconcile_peers()
 
+    def set_traffic_policy(self, policy: TrafficPolicy) -> None:
+        self._edge.set(policy)
+        self._reconcile_peers()  # reports cut-off peers as gone and starts closing them
+
+    def _refuse(self, peer: PeerId) -> None:
+        """Close a connection the policy forbids, once, in the background (never in the
+        notifee's own task, which libp2p awaits while setting the connection up)."""
+        if peer in self._refusing or self._nursery is None:
+            return
+        self._refusing.add(peer)
+        self._edge.count_refused()
+        self._nursery.start_soon(self._close_refused, peer)
+
+    async def _close_refused(self, peer: PeerId) -> None:
+        try:
+            await self.disconnect(peer)
+        finally:
+            self._refusing.discard(peer)
+
     def _reconcile_peers(self) -> None:
         """Emit one event per transition between the last peer set we reported and now."""
+        for pid in self._host.get_connected_peers():
+            if self._edge.refuses(str(pid)):
+                self._refuse(str(pid))
         now = self.connected_peers()
         before, self._known_peers = self._known_peers, now
         for peer in sorted(now - before):
@@ -201,7 +238,8 @@ class Libp2pTransport:
             if self._nursery is not None:
                 self._nursery.start_soon(self._reannounce_topics, ID.from_base58(peer))
         for peer in sorted(before - now):
-            self._ping_misses.pop(peer, None)
+            self._pings.forget(peer)
+            self._ping_streams.pop(peer, None)
             self._emit(PeerEvent(PeerEventKind.DISCONNECTED, peer))
 
     async def _reannounce_topics(self, pid: ID) -> None:
@@ -244,20 +282,26 @@ class Libp2pTransport:
     ) -> trio.MemoryReceiveChannel[GossipMessage]:
         if topic in self._pubsub.topic_ids or self._nursery is None:
             raise ValueError(f"already subscribed to {topic!r} (or transport not running)")
-        if validator is not None:
-            self._pubsub.set_topic_validator(topic, self._topic_validator(validator), False)
+        self._pubsub.set_topic_validator(topic, self._topic_validator(validator), False)
         subscription = await self._pubsub.subscribe(topic)
         send, recv = trio.open_memory_channel[GossipMessage](self._config.inbox_max)
         self._inboxes.append(send)
         self._nursery.start_soon(self._drain, topic, subscription.get, send)
         return recv
 
-    def _topic_validator(self, validator: Validator) -> Callable[[ID, rpc_pb2.Message], bool]:
-        """Adapt our validator; libp2p runs it before delivery and before forwarding."""
+    def _topic_validator(
+        self, validator: Validator | None
+    ) -> Callable[[ID, rpc_pb2.Message], bool]:
+        """Adapt our validator; libp2p runs it before delivery and before forwarding. The
+        traffic policy is checked first, so blocked gossip never reaches our validator."""
 
         def check(forwarder: ID, msg: rpc_pb2.Message) -> bool:
             if forwarder == self._host.get_id():
                 return True  # our own publish: libp2p validates it too, we trust ourselves
+            if self._edge.drops_gossip(_origin(msg), str(forwarder)):
+                return False
+            if validator is None:
+                return True
             try:
                 ok = bool(validator(msg.data))
             except Exception as exc:
@@ -282,11 +326,7 @@ class Libp2pTransport:
             if msg.from_id == my_id:
                 continue  # libp2p hands a publisher its own message back
             self._stats.gossip_received += 1
-            try:
-                send.send_nowait(GossipMessage(topic, msg.data, str(ID(msg.from_id))))
-            except trio.WouldBlock:
-                self._stats.gossip_dropped_queue_full += 1
-            except trio.ClosedResourceError:
+            if not self._edge.deliver(send, GossipMessage(topic, msg.data, _origin(msg))):
                 return
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -309,6 +349,7 @@ class Libp2pTransport:
         self._stats.requests_sent += 1
         timeout_s = (self._config.request_timeout_ms if timeout_ms is None else timeout_ms) / 1000
         try:
+            await self._edge.before_request(peer, protocol)
             return await self._round_trip(peer, protocol, bytes(data), timeout_s)
         except RequestFailed:
             self._stats.requests_failed += 1
@@ -325,8 +366,8 @@ class Libp2pTransport:
         try:
             with trio.fail_after(timeout_s):
                 stream = await self._host.new_stream(pid, [TProtocol(protocol)])
-                await _write_frame(stream, data)
-                response = await _read_frame(stream, self._config.request_bytes_max)
+                await write_frame(stream, data)
+                response = await read_frame(stream, self._config.request_bytes_max)
             ok = True
             return response
         except trio.TooSlowError:
@@ -351,11 +392,11 @@ class Libp2pTransport:
             try:
                 with scope:
                     with trio.fail_after(self._config.request_timeout_ms / 1000):
-                        request = await _read_frame(stream, limit)
+                        request = await read_frame(stream, limit)
                     response = await handler(peer, request)
                     if len(response) > limit:
                         raise MessageTooLarge(len(response), limit, "response")
-                    await _write_frame(stream, response)
+                    await write_frame(stream, response)
                     ok = True
                     self._stats.requests_served += 1
             except (trio.TooSlowError, FrameError, *_NET_ERRORS) as exc:
@@ -374,56 +415,57 @@ class Libp2pTransport:
         """Test hook: a paused node reads pings but never answers, like a SIGSTOPped process."""
         self._ping_paused = paused
 
+    async def _ping_round_trip(self, peer: PeerId, nonce: bytes, timeout_s: float) -> bytes:
+        """One ping over the peer's long-lived ping stream (opened on first use).
+
+        A new stream per ping costs a multistream negotiation on both sides; on 10 nodes that
+        was ~40% of an idle node's CPU. A stream that fails or times out is reset and the
+        next ping opens a fresh one.
+        """
+        pid = _parse_peer(peer)
+        if pid is None or pid not in self._host.get_connected_peers():
+            raise RequestFailed(peer, PING_PROTOCOL, "not connected")
+        stream = self._ping_streams.get(peer)
+        try:
+            with trio.fail_after(timeout_s):
+                if stream is None:
+                    stream = await self._host.new_stream(pid, [TProtocol(PING_PROTOCOL)])
+                    self._ping_streams[peer] = stream
+                await write_frame(stream, nonce)
+                return await read_frame(stream, PING_NONCE.size)
+        except trio.TooSlowError:
+            reason = f"no echo within {timeout_s * 1000:.0f} ms"
+        except (*_NET_ERRORS, FrameError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        broken = self._ping_streams.pop(peer, None)
+        if broken is not None:
+            await _finish(broken, False)
+        raise RequestFailed(peer, PING_PROTOCOL, reason)
+
     async def _serve_ping(self, stream: INetStream) -> None:
+        """Echo pings on one stream for as long as the pinger keeps it (idle streams close)."""
+        idle_s = max(self._config.request_timeout_ms, 3 * self._config.ping_interval_ms) / 1000
         ok = False
         try:
-            with trio.move_on_after(self._config.request_timeout_ms / 1000):
-                nonce = await _read_frame(stream, _PING_NONCE.size)
+            while True:
+                with trio.move_on_after(idle_s) as idle:
+                    nonce = await read_frame(stream, PING_NONCE.size)
+                if idle.cancelled_caught:
+                    ok = True
+                    return
                 while self._ping_paused:  # hold the stream until the pinger gives up on it
-                    if not await stream.read(_PING_NONCE.size):
+                    if not await stream.read(PING_NONCE.size):
                         return
-                await _write_frame(stream, nonce)
-                ok = True
+                await write_frame(stream, nonce)
         except (FrameError, *_NET_ERRORS) as exc:
-            logger.debug("ping from %s failed: %r", stream.muxed_conn.peer_id, exc)
+            logger.debug("ping from %s ended: %r", stream.muxed_conn.peer_id, exc)
         finally:
             await _finish(stream, ok)
 
-    async def _ping_loop(self) -> None:
-        """Ping every peer each interval; drop one after `ping_misses_max` misses in a row."""
-        interval_s = self._config.ping_interval_ms / 1000
-        next_round_s = trio.current_time() + interval_s
-        while True:
-            await trio.sleep_until(next_round_s)
-            next_round_s = max(next_round_s + interval_s, trio.current_time())
-            async with trio.open_nursery() as round_nursery:
-                for pid in self._host.get_connected_peers():
-                    round_nursery.start_soon(self._ping_once, pid)
-
-    async def _ping_once(self, pid: ID) -> None:
-        self._ping_nonce += 1
-        nonce = _PING_NONCE.pack(self._ping_nonce)
-        peer = str(pid)
-        try:
-            echo = await self._round_trip(
-                peer, PING_PROTOCOL, nonce, self._config.ping_timeout_ms / 1000
-            )
-        except RequestFailed:
-            echo = b""
-        if echo == nonce:
-            self._ping_misses.pop(peer, None)
-            self._stats.extra["pings_ok"] += 1
-            return
-        if pid not in self._host.get_connected_peers():
-            return  # it left while we waited; the notifee reports that
-        self._stats.pings_missed += 1
-        misses = self._ping_misses.get(peer, 0) + 1
-        self._ping_misses[peer] = misses
-        if misses < self._config.ping_misses_max:
-            return
-        logger.warning("peer %s missed %d pings in a row: disconnecting", peer[-8:], misses)
-        self._stats.peers_dropped_unresponsive += 1
-        self._host.get_peerstore().clear_addrs(pid)  # keep libp2p's auto-dialer off it
+    async def _drop_unresponsive(self, peer: PeerId) -> None:
+        pid = _parse_peer(peer)
+        if pid is not None:
+            self._host.get_peerstore().clear_addrs(pid)  # keep libp2p's auto-dialer off it
         await self.disconnect(peer)
 
 
@@ -497,33 +539,15 @@ def _route_libp2p_logging() -> None:
     lib.setLevel(logging.WARNING)
 
 
+def _origin(msg: rpc_pb2.Message) -> PeerId:
+    return str(ID(msg.from_id))
+
+
 def _parse_peer(peer: PeerId) -> ID | None:
     try:
         return ID.from_base58(peer)
     except (ValueError, BaseLibp2pError):
         return None
-
-
-async def _write_frame(stream: INetStream, payload: bytes) -> None:
-    await stream.write(_FRAME_HEADER.pack(len(payload)) + payload)
-
-
-async def _read_exactly(stream: INetStream, size: int, limit: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = await stream.read(size - len(buf))
-        if not chunk:
-            raise FrameError(f"stream ended after {len(buf)} bytes", size, limit)
-        buf += chunk
-    return bytes(buf)
-
-
-async def _read_frame(stream: INetStream, limit: int) -> bytes:
-    """A u32 big-endian length then the payload; the length is checked before any allocation."""
-    (size,) = _FRAME_HEADER.unpack(await _read_exactly(stream, _FRAME_HEADER.size, limit))
-    if size > limit:
-        raise FrameError("announced size over the limit", size, limit)
-    return await _read_exactly(stream, size, limit)
 
 
 async def _finish(stream: INetStream, ok: bool) -> None:

@@ -5,7 +5,8 @@ flooded hop by hop between connected peers subscribed to the topic, deduplicated
 (origin + per-origin seqno) and validated at every hop before it is delivered or forwarded, as
 gossipsub does. Requests run the server's handler in the server's own nursery, so a handler
 outlives neither its transport nor a caller that gave up. The only task a node runs is the pump
-that drains its bounded wire inbox; `MemoryNetwork.open()` owns it.
+that drains its bounded wire inbox; `MemoryNetwork.open()` owns it. A traffic policy is
+applied through the same `p2p.traffic_edge.PolicyEdge` the libp2p transport uses.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import trio
 
 from p2p.identity import Identity
+from p2p.traffic_edge import BLOCKED_REASON, PolicyEdge
 from p2p.transport import (
     ConnectFailed,
     GossipMessage,
@@ -28,6 +30,7 @@ from p2p.transport import (
     PeerId,
     RequestFailed,
     RequestHandler,
+    TrafficPolicy,
     TransportConfig,
     TransportStats,
     Validator,
@@ -141,6 +144,8 @@ class MemoryTransport:
         self._config = config
         self._nursery = nursery
         self._stats = TransportStats()
+        self._edge = PolicyEdge(self._stats, config.inbox_max)
+        self._edge.attach(nursery)
         self._closed = False
         self._peers: set[PeerId] = set()
         self._subs: dict[str, _Subscription] = {}
@@ -185,6 +190,9 @@ class MemoryTransport:
             raise ConnectFailed(addr, "cannot connect to ourselves")
         if self._closed:
             raise ConnectFailed(addr, "transport is closed")
+        if self._edge.refuses(other.peer_id) or other._edge.refuses(self._peer_id):
+            self._edge.count_refused()
+            raise ConnectFailed(addr, BLOCKED_REASON)
         if other.peer_id not in self._peers:
             self._link_up(other.peer_id)
             other._link_up(self._peer_id)
@@ -196,6 +204,14 @@ class MemoryTransport:
         self._link_down(peer)
         if other is not None:
             other._link_down(self._peer_id)
+
+    def set_traffic_policy(self, policy: TrafficPolicy) -> None:
+        for peer in sorted(self._edge.set(policy) & self._peers):
+            self._edge.count_refused()
+            other = self._network.lookup(peer)
+            self._link_down(peer)
+            if other is not None:
+                other._link_down(self._peer_id)
 
     def _link_up(self, peer: PeerId) -> None:
         self._peers.add(peer)
@@ -284,17 +300,16 @@ class MemoryTransport:
 
     def _handle_wire(self, wire: _Wire) -> None:
         sub = self._subs.get(wire.topic)
-        if sub is None or not self._remember(wire.msg_id):
-            return
         origin = wire.msg_id[0]
+        if sub is None or self._edge.drops_gossip(origin, wire.forwarder):
+            return  # like gossipsub: a message refused here is not marked as seen
+        if not self._remember(wire.msg_id):
+            return
         if sub.validator is not None and not _validate(sub.validator, wire.data, origin):
             self._stats.gossip_rejected += 1
             return
         self._stats.gossip_received += 1
-        try:
-            sub.send.send_nowait(GossipMessage(wire.topic, wire.data, origin))
-        except trio.WouldBlock:
-            self._stats.gossip_dropped_queue_full += 1
+        self._edge.deliver(sub.send, GossipMessage(wire.topic, wire.data, origin))
         self._forward(wire)
 
     # -- requests -----------------------------------------------------------------------------
@@ -309,6 +324,7 @@ class MemoryTransport:
             raise MessageTooLarge(len(data), self._config.request_bytes_max, "request")
         self._stats.requests_sent += 1
         try:
+            await self._edge.before_request(peer, protocol)
             return await self._round_trip(peer, protocol, bytes(data), timeout_ms)
         except RequestFailed:
             self._stats.requests_failed += 1

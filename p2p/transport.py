@@ -14,11 +14,14 @@ Both pass `tests/conformance/`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 import trio
+
+from p2p.identity import public_key_from_peer_id
 
 PeerId = str
 """A libp2p peer id string ("12D3KooW..."), derived from the node's ed25519 public key."""
@@ -56,6 +59,143 @@ class ConnectFailed(TransportError):
     def __init__(self, addr: str, reason: str) -> None:
         super().__init__(f"connect to {addr} failed: {reason}")
         self.addr, self.reason = addr, reason
+
+
+POLICY_PEERS_MAX = 1024
+"""Peers one traffic policy may name (per set): a policy is an operator's tool, not a list."""
+POLICY_DELAY_MS_MAX = 60_000
+
+
+class PolicyError(ValueError):
+    """A traffic policy that cannot be applied; `field` names the offending part."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    """Fault injection at the transport edge: what this node refuses or slows, per peer.
+
+    `blocked_in`: gossip originated or forwarded by these peers is dropped before validation
+    (and not forwarded), counted in `stats.extra["policy_dropped_in"]`. `blocked_out`: requests
+    to them fail with RequestFailed. A peer in both is cut off: its connection is closed, new
+    ones are refused and we never dial it while the policy holds, so no gossip flows either
+    way. A one-way block does not stop our gossip from reaching the peer on every transport;
+    the receiver's own `blocked_in` does that, which is why a swarm partition sets policies on
+    both sides. `delay_ms` holds gossip originated by a peer that long before delivering it
+    here (forwarding is not delayed) and delays our requests to it; peers not named get
+    `default_delay_ms`. `TrafficPolicy.none()` heals everything.
+    """
+
+    blocked_in: frozenset[PeerId] = frozenset()
+    blocked_out: frozenset[PeerId] = frozenset()
+    delay_ms: Mapping[PeerId, int] = field(default_factory=dict, hash=False)
+    default_delay_ms: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("blocked_in", "blocked_out"):
+            peers = frozenset(getattr(self, name))
+            if len(peers) > POLICY_PEERS_MAX:
+                raise PolicyError(name, f"at most {POLICY_PEERS_MAX} peers, got {len(peers)}")
+            object.__setattr__(self, name, peers)
+        if len(self.delay_ms) > POLICY_PEERS_MAX:
+            raise PolicyError("delay_ms", f"at most {POLICY_PEERS_MAX} peers")
+        for peer, ms in self.delay_ms.items():
+            _check_delay(f"delay_ms[{peer!r}]", ms)
+        _check_delay("default_delay_ms", self.default_delay_ms)
+        # A zero entry matters only when it overrides a non-zero default.
+        delays = {p: ms for p, ms in sorted(self.delay_ms.items()) if ms or self.default_delay_ms}
+        object.__setattr__(self, "delay_ms", MappingProxyType(delays))
+
+    @classmethod
+    def none(cls) -> TrafficPolicy:
+        """No fault: the policy of a healthy node, and what heals a partition."""
+        return cls()
+
+    @classmethod
+    def partition(cls, blocked: Iterable[PeerId]) -> TrafficPolicy:
+        """Cut these peers off in both directions (one side of a network partition)."""
+        peers = frozenset(blocked)
+        return cls(blocked_in=peers, blocked_out=peers)
+
+    @property
+    def is_none(self) -> bool:
+        return self == TrafficPolicy.none()
+
+    def cuts_off(self, peer: PeerId) -> bool:
+        """Blocked both ways: no connection to this peer may exist."""
+        return peer in self.blocked_in and peer in self.blocked_out
+
+    @property
+    def cut_off(self) -> frozenset[PeerId]:
+        return self.blocked_in & self.blocked_out
+
+    def delay_for(self, peer: PeerId) -> int:
+        return self.delay_ms.get(peer, self.default_delay_ms)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrafficPolicy):
+            return NotImplemented
+        return self.as_json() == other.as_json()
+
+    def __hash__(self) -> int:
+        return hash((self.blocked_in, self.blocked_out, tuple(self.delay_ms.items())))
+
+    def as_json(self) -> dict[str, object]:
+        """The admin endpoint's and swarm.json's form (sorted, so equal policies print equal)."""
+        return {
+            "blocked_in": sorted(self.blocked_in),
+            "blocked_out": sorted(self.blocked_out),
+            "delay_ms": dict(self.delay_ms),
+            "default_delay_ms": self.default_delay_ms,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> TrafficPolicy:
+        """Parse the admin endpoint's JSON; every problem is a PolicyError naming its field."""
+        if not isinstance(raw, dict):
+            raise PolicyError("policy", f"expected a JSON object, got {type(raw).__name__}")
+        known = ("blocked_in", "blocked_out", "delay_ms", "default_delay_ms")
+        for key in raw:
+            if key not in known:
+                raise PolicyError(str(key)[:64], f"unknown field (known: {', '.join(known)})")
+        delays = raw.get("delay_ms", {})
+        if not isinstance(delays, dict):
+            raise PolicyError("delay_ms", "expected an object of peer id -> milliseconds")
+        for peer in delays:
+            _check_peer(f"delay_ms[{peer!r:.80}]", peer)
+        return cls(
+            blocked_in=_peer_set(raw.get("blocked_in", []), "blocked_in"),
+            blocked_out=_peer_set(raw.get("blocked_out", []), "blocked_out"),
+            delay_ms=delays,
+            default_delay_ms=raw.get("default_delay_ms", 0),
+        )
+
+
+def _check_delay(where: str, ms: object) -> None:
+    if isinstance(ms, bool) or not isinstance(ms, int) or not 0 <= ms <= POLICY_DELAY_MS_MAX:
+        raise PolicyError(where, f"expected an integer 0..{POLICY_DELAY_MS_MAX}, got {ms!r:.80}")
+
+
+def _check_peer(where: str, peer: object) -> None:
+    try:
+        if not isinstance(peer, str):
+            raise ValueError
+        public_key_from_peer_id(peer)
+    except ValueError:
+        raise PolicyError(where, f"{peer!r:.80} is not an ed25519 libp2p peer id") from None
+
+
+def _peer_set(raw: object, where: str) -> frozenset[PeerId]:
+    if not isinstance(raw, list):
+        raise PolicyError(where, f"expected an array of peer ids, got {type(raw).__name__}")
+    if len(raw) > POLICY_PEERS_MAX:
+        raise PolicyError(where, f"at most {POLICY_PEERS_MAX} peers, got {len(raw)}")
+    for i, peer in enumerate(raw):
+        _check_peer(f"{where}[{i}]", peer)
+    return frozenset(raw)
 
 
 @dataclass(frozen=True)
@@ -171,4 +311,9 @@ class Transport(Protocol):
 
     def peer_events(self) -> trio.MemoryReceiveChannel[PeerEvent]:
         """The one channel of connect/disconnect events (single consumer)."""
+        ...
+
+    def set_traffic_policy(self, policy: TrafficPolicy) -> None:
+        """Apply `policy` (see TrafficPolicy) from now on, replacing the previous one. Peers it
+        cuts off are disconnected at once; `TrafficPolicy.none()` lifts every fault."""
         ...

@@ -8,6 +8,11 @@ node's long-polling /status endpoint: nothing here polls in a sleep loop.
 
 Only processes this swarm started are ever signalled, and only after checking that the PID
 still runs our node with our config (PIDs are recycled).
+
+Faults (kill, restart, pause, partition, delay: `sim_harness.swarm_faults`, reached through
+`Swarm.faults`) are recorded per node in `swarm.json`, so `gpumesh swarm status` shows them and a
+restarted node gets its traffic policy back. Each node's /admin endpoint takes the bearer token
+in `admin.token` (mode 0600), created with the swarm.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import select
 import signal
 import socket
@@ -27,13 +33,18 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.config import default_config, write_config
 from p2p.announcements import GpuSpec
 from p2p.identity import Identity
 from p2p.keyfile import write_key_file
 
+if TYPE_CHECKING:
+    from sim_harness.swarm_faults import SwarmFaults
+
 SWARM_FILE = "swarm.json"
+ADMIN_TOKEN_FILE = "admin.token"
 LOOPBACK = "127.0.0.1"
 REGIONS = ("eu-west", "us-east", "ap-south", "eu-central", "us-west")
 GPU_MIX = (
@@ -57,6 +68,10 @@ class SwarmNode:
     listen_port: int
     status_port: int
     pid: int | None = None
+    paused: bool = False
+    """SIGSTOPped by `gpumesh swarm pause`; its /status would not answer."""
+    policy: dict[str, object] | None = None
+    """The traffic policy it should run with (TrafficPolicy.as_json); None: no fault."""
 
     @property
     def config_path(self) -> Path:
@@ -127,6 +142,7 @@ class Swarm:
                     f"{root} already holds a running swarm; `gpumesh swarm down` first"
                 )
         root.mkdir(parents=True, exist_ok=True)
+        token_file = _write_admin_token(root)
         ports = free_ports(2 * count)
         nodes: list[SwarmNode] = []
         for i in range(count):
@@ -149,6 +165,7 @@ class Swarm:
                 announcement_ttl_ms=announcement_ttl_ms,
                 log_file="node.log",
                 log_level=log_level,
+                admin_token_file=token_file,
                 base_dir=home,
             )
             write_config(node.config_path, cfg)
@@ -172,10 +189,21 @@ class Swarm:
         os.replace(tmp, self.root / SWARM_FILE)
 
     def node(self, name: str) -> SwarmNode:
+        """A node by name or by a suffix of its peer id (at least 4 characters, unambiguous)."""
         for n in self.nodes:
-            if n.name == name or n.peer_id.endswith(name):
+            if n.name == name:
                 return n
+        by_id = [n for n in self.nodes if len(name) >= 4 and n.peer_id.endswith(name)]
+        if len(by_id) == 1:
+            return by_id[0]
         raise SwarmError(f"no node {name!r} in this swarm: {', '.join(n.name for n in self.nodes)}")
+
+    @property
+    def faults(self) -> SwarmFaults:
+        """Kill, restart, pause, partition, heal, delay (see sim_harness.swarm_faults)."""
+        from sim_harness.swarm_faults import SwarmFaults
+
+        return SwarmFaults(self)
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -293,23 +321,32 @@ class Swarm:
         deadline = time.monotonic() + timeout_s
         for node in live:
             assert node.pid is not None
-            if not _wait_exit(node.pid, deadline - time.monotonic()):
+            if not wait_exit(node.pid, deadline - time.monotonic()):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(node.pid, signal.SIGKILL)
-                _wait_exit(node.pid, 5)
+                wait_exit(node.pid, 5)
             stopped.append(node.name)
         for node in targets:
-            node.pid = None
+            node.pid, node.paused = None, False
         self.save()
         return stopped
 
     # -- observing -----------------------------------------------------------------------------
 
     def status(
-        self, node: SwarmNode, *, wait_nodes: int = 0, wait_peers: int = 0, timeout_ms: int = 0
+        self,
+        node: SwarmNode,
+        *,
+        wait_nodes: int = 0,
+        wait_peers: int = 0,
+        wait_nodes_max: int | None = None,
+        timeout_ms: int = 0,
     ) -> dict[str, object] | None:
-        """The node's /status, long-polled until the condition holds; None if unreachable."""
+        """The node's /status, long-polled until it sees at least `wait_nodes` nodes (and at
+        most `wait_nodes_max`) and has `wait_peers` peers; None if unreachable."""
         query = f"?wait_nodes={wait_nodes}&wait_peers={wait_peers}&timeout_ms={timeout_ms}"
+        if wait_nodes_max is not None:
+            query += f"&wait_nodes_max={wait_nodes_max}"
         try:
             with urllib.request.urlopen(
                 node.status_url + query, timeout=timeout_ms / 1000 + 5
@@ -321,15 +358,21 @@ class Swarm:
             return None
 
     def statuses(self, **wait: int) -> dict[str, dict[str, object] | None]:
+        """Every running node's /status (None for nodes down or paused, which cannot answer)."""
         with ThreadPoolExecutor(max_workers=max(1, len(self.nodes))) as pool:
             results = pool.map(
-                lambda n: self.status(n, **wait) if self.alive(n) else None, self.nodes
+                lambda n: self.status(n, **wait) if self.responsive(n) else None, self.nodes
             )
             return dict(zip((n.name for n in self.nodes), results, strict=True))
 
+    def responsive(self, node: SwarmNode) -> bool:
+        """Running and not paused: a node that can answer its endpoint."""
+        return not node.paused and self.alive(node)
+
     def wait_converged(self, *, timeout_s: float = 30.0) -> dict[str, dict[str, object] | None]:
-        """Every running node connected and seeing every running node's announcement."""
-        want = len(self.running())
+        """Every answering node connected and seeing every answering node's announcement
+        (a paused node's announcement expires, so it is not waited for)."""
+        want = len([n for n in self.nodes if self.responsive(n)])
         return self.statuses(
             wait_nodes=want, wait_peers=1 if want > 1 else 0, timeout_ms=int(timeout_s * 1000)
         )
@@ -344,6 +387,19 @@ def _nodes_seen(status: dict[str, object]) -> int:
     return int(supply.get("nodes", 0)) if isinstance(supply, dict) else 0
 
 
+def _write_admin_token(root: Path) -> Path:
+    """A fresh bearer token for the nodes' /admin endpoints, readable by this user only."""
+    path = root / ADMIN_TOKEN_FILE
+    tmp = root / (ADMIN_TOKEN_FILE + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
@@ -355,10 +411,10 @@ def _child_env() -> dict[str, str]:
 def _terminate(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    _wait_exit(pid, 5)
+    wait_exit(pid, 5)
 
 
-def _wait_exit(pid: int, timeout_s: float) -> bool:
+def wait_exit(pid: int, timeout_s: float) -> bool:
     """Reap (if our child) or wait for `pid` to vanish; True if it exited in time."""
     deadline = time.monotonic() + max(0.0, timeout_s)
     delay = 0.01

@@ -66,6 +66,7 @@ def full_config(base: Path) -> NodeConfig:
         log_level="debug",
         log_format="text",
         log_file="logs/node.log",
+        admin_token_file="secrets/admin.token",
         base_dir=base,
     )
     network = dataclasses.replace(
@@ -78,7 +79,8 @@ def full_config(base: Path) -> NodeConfig:
         ping_timeout_ms=1_500,
         ping_misses_max=5,
     )
-    return dataclasses.replace(cfg, network=network, status=StatusSection("::1", 9101))
+    status = StatusSection("::1", 9101, cfg.status.admin_token_file)
+    return dataclasses.replace(cfg, network=network, status=status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +122,7 @@ def test_rendered_paths_are_relative_under_the_folder_and_absolute_outside(tmp_p
     assert raw["node"]["key_file"] == "/etc/gpumesh/operator.key"
     assert raw["log"]["file"] == "logs/node.log"
     assert raw["status"]["listen"] == "[::1]:9101"
+    assert raw["status"]["admin_token_file"] == "secrets/admin.token"
 
 
 def test_relative_paths_resolve_against_the_config_folder_not_the_cwd(
@@ -323,6 +326,8 @@ BAD = [
     (MINIMAL + '[status]\nlisten = "127.0.0.1:70000"\n', "status.listen", "port must be 0..65535"),
     (MINIMAL + '[status]\nlisten = "::1:9101"\n', "status.listen", "in brackets"),
     (MINIMAL + "[status]\nlisten = 9101\n", "status.listen", "expected a string"),
+    (MINIMAL + "[status]\nadmin_token_file = 1\n", "status.admin_token_file", "expected a string"),
+    (MINIMAL + "[status]\nadmin_token = 'x'\n", "status.admin_token", "did you mean"),
     (CAP + 'detect = "cuda"\n', "capacity.detect", "expected one of 'auto', 'nvidia-smi'"),
     (
         CAP + "price_per_gpu_hour = -1\n",
@@ -460,3 +465,33 @@ def test_loopback_status_hosts_are_accepted(tmp_path: Path) -> None:
         cfg = load_config(write(tmp_path, MINIMAL + f'[status]\nlisten = "{listen}"\n'))
         assert cfg.status.host == host
         assert cfg.status.listen == listen
+
+
+def test_admin_token_file_is_off_by_default_and_resolves_against_the_config_folder(
+    tmp_path: Path,
+) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).status.admin_token_file is None
+    off = load_config(write(tmp_path, MINIMAL + '[status]\nadmin_token_file = ""\n'))
+    assert off.status.admin_token_file is None
+    on = load_config(write(tmp_path / "n", MINIMAL + '[status]\nadmin_token_file = "../t"\n'))
+    assert on.status.admin_token_file == tmp_path.resolve() / "t"
+
+
+def test_admin_token_file_must_be_private_and_a_real_token(tmp_path: Path) -> None:
+    from node.status_http import read_admin_token
+
+    token = tmp_path / "admin.token"
+    config = tmp_path / CONFIG_FILE
+    with pytest.raises(ConfigError, match="file not found") as missing:
+        read_admin_token(token, config)
+    assert missing.value.field == "status.admin_token_file"
+    token.write_text("a" * 64 + "\n")
+    token.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        read_admin_token(token, config)
+    token.chmod(0o600)
+    assert read_admin_token(token, config) == b"a" * 64
+    for bad in ("short", "a" * 40 + " " + "b" * 40):
+        token.write_text(bad)
+        with pytest.raises(ConfigError, match="printable characters without spaces"):
+            read_admin_token(token, config)

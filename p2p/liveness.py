@@ -1,0 +1,82 @@
+"""Our own peer liveness check: libp2p never notices a hung (SIGSTOPped) peer.
+
+Every interval each connected peer is pinged over a direct stream with a deadline; a peer that
+misses `ping_misses_max` pings in a row is dropped (LIBP2P_NOTES.md). The transport supplies
+the round trip, the peer set and the drop, so this part holds no libp2p types and the adapter
+module stays small.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from p2p.transport import PeerId, RequestFailed, TransportConfig, TransportStats
+
+PING_NONCE = struct.Struct(">Q")
+logger = logging.getLogger("gpumesh.libp2p")
+
+RoundTrip = Callable[[PeerId, bytes, float], Awaitable[bytes]]
+"""(peer, nonce, timeout_s) -> the echoed nonce; raises RequestFailed."""
+
+
+class PingMonitor:
+    """Pings each peer per interval and drops one after too many misses in a row."""
+
+    def __init__(
+        self,
+        config: TransportConfig,
+        stats: TransportStats,
+        *,
+        round_trip: RoundTrip,
+        peers: Callable[[], frozenset[PeerId]],
+        drop: Callable[[PeerId], Awaitable[None]],
+    ) -> None:
+        self._config = config
+        self._stats = stats
+        self._round_trip = round_trip
+        self._peers = peers
+        self._drop = drop
+        self._misses: dict[PeerId, int] = {}
+        self._nonce = 0
+        stats.extra.setdefault("pings_ok", 0)
+
+    def forget(self, peer: PeerId) -> None:
+        """A peer that left starts with a clean record when it comes back."""
+        self._misses.pop(peer, None)
+
+    async def run(self) -> None:
+        interval_s = self._config.ping_interval_ms / 1000
+        next_round_s = trio.current_time() + interval_s
+        while True:
+            await trio.sleep_until(next_round_s)
+            next_round_s = max(next_round_s + interval_s, trio.current_time())
+            async with trio.open_nursery() as round_nursery:
+                for peer in sorted(self._peers()):
+                    round_nursery.start_soon(self._ping_once, peer)
+
+    async def _ping_once(self, peer: PeerId) -> None:
+        self._nonce += 1
+        nonce = PING_NONCE.pack(self._nonce)
+        try:
+            echo = await self._round_trip(peer, nonce, self._config.ping_timeout_ms / 1000)
+        except RequestFailed:
+            echo = b""
+        if echo == nonce:
+            self._misses.pop(peer, None)
+            self._stats.extra["pings_ok"] += 1
+            return
+        if peer not in self._peers():
+            return  # it left while we waited; the transport reports that
+        self._stats.pings_missed += 1
+        misses = self._misses.get(peer, 0) + 1
+        self._misses[peer] = misses
+        if misses < self._config.ping_misses_max:
+            return
+        logger.warning("peer %s missed %d pings in a row: disconnecting", peer[-8:], misses)
+        self._stats.peers_dropped_unresponsive += 1
+        self._misses.pop(peer, None)
+        await self._drop(peer)

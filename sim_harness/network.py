@@ -1,0 +1,524 @@
+"""The simulated network: regions, the gossip mesh, link faults over time, and how far and how
+fast one published message spreads.
+
+Per-hop events would cost N x D heap operations per message; instead `Network.spread`
+computes a message's first arrival at every node in one Dijkstra pass over the mesh from the
+publisher (DESIGN.md: the simulator owns delay, loss, duplication, reordering, partitions).
+Each directed link's delay is its regions' base latency plus jitter, an occasional reorder
+delay and the transfer time at the link's bandwidth, all drawn for the message from the
+seeded generator before the pass (so the draws never depend on the path taken). A hop is
+lost with the link's loss rate; a hop over a cut, partitioned or one-way-blocked link, or
+onto a node that is crashed or paused when the message arrives, never lands. A node whose
+validator rejects the message neither delivers nor forwards it, and a silent node delivers
+but does not forward. Faults are all planned before the run starts (`LinkSchedule`,
+`NodeSchedule`), so the pass can ask what the network and each node look like at any future
+instant; the only changes made during a run are links severed by a node's own `Disconnect`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from sim_harness.faults import (
+    BOOTED,
+    Byzantine,
+    ClockSkew,
+    CutLink,
+    Delay,
+    Fault,
+    Heal,
+    Loss,
+    OneWayPartition,
+    Partition,
+    next_state,
+)
+
+REGIONS = (
+    "eu-west", "eu-central", "eu-north", "eu-south", "us-east", "us-central", "us-west",
+    "ca-central", "sa-east", "ap-south", "ap-southeast", "ap-northeast", "au-east", "af-south",
+    "me-central",
+)  # fmt: skip
+# One-way latency in ms: 2 within a region, else 3 + great-circle km / 120 (fibre at ~2/3 c
+# with a detour), capped at 150. A literal table, not trigonometry at run time, so that a
+# different libm can never change a latency by one ms.
+_LATENCY_MS = (
+    (  2,  12,  17,  15,  49,  55,  65,  43,  81,  66,  96,  83, 147,  86,  52),  # eu-west
+    ( 12,   2,  13,   7,  58,  64,  72,  52,  85,  58,  88,  81, 140,  81,  43),  # eu-central
+    ( 17,  13,   2,  17,  59,  63,  68,  52,  94,  55,  83,  71, 133,  89,  43),  # eu-north
+    ( 15,   7,  17,   2,  60,  67,  76,  54,  82,  57,  88,  84, 141,  77,  42),  # eu-south
+    ( 49,  58,  59,  60,   2,  15,  33,  10,  67, 110, 132,  94, 134, 109,  98),  # us-east
+    ( 55,  64,  63,  67,  15,   2,  22,  17,  76, 112, 127,  85, 123, 121, 102),  # us-central
+    ( 65,  72,  68,  76,  33,  22,   2,  33,  92, 109, 113,  69, 107, 139, 104),  # us-west
+    ( 43,  52,  52,  54,  10,  17,  33,   2,  71, 104, 126,  90, 137, 109,  91),  # ca-central
+    ( 81,  85,  94,  82,  67,  76,  92,  71,   2, 118, 136, 150, 114,  56, 105),  # sa-east
+    ( 66,  58,  55,  57, 110, 112, 109, 104, 118,   2,  36,  59,  88,  72,  19),  # ap-south
+    ( 96,  88,  83,  88, 132, 127, 113, 126, 136,  36,   2,  47,  56,  84,  52),  # ap-southeast
+    ( 83,  81,  71,  84,  94,  85,  69,  90, 150,  59,  47,   2,  68, 126,  69),  # ap-northeast
+    (147, 140, 133, 141, 134, 123, 107, 137, 114,  88,  56,  68,   2,  95, 103),  # au-east
+    ( 86,  81,  89,  77, 109, 121, 139, 109,  56,  72,  84, 126,  95,   2,  67),  # af-south
+    ( 52,  43,  43,  42,  98, 102, 104,  91, 105,  19,  52,  69, 103,  67,   2),  # me-central
+)  # fmt: skip
+_REGION_INDEX = {name: i for i, name in enumerate(REGIONS)}
+NEVER_MS = 1 << 62
+BLOCKED, LOST = -1, -2
+"""Link weights that mean "this hop does not land"."""
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float64]
+
+
+def base_latency_ms(a: str, b: str) -> int:
+    """One-way latency between two regions before jitter; KeyError for an unknown region."""
+    return _LATENCY_MS[_REGION_INDEX[a]][_REGION_INDEX[b]]
+
+
+# ---------------------------------------------------------------------------------------------
+# the mesh
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """An undirected graph as directed edges in CSR form: node u's out-edges are the ids
+    offsets[u] .. offsets[u+1]-1, and edge e leads from sources[e] to targets[e]."""
+
+    n: int
+    offsets: tuple[int, ...]
+    targets: tuple[int, ...]
+    sources: tuple[int, ...]
+    _index: dict[tuple[int, int], int] = field(repr=False, compare=False)
+
+    def neighbours(self, u: int) -> tuple[int, ...]:
+        return self.targets[self.offsets[u] : self.offsets[u + 1]]
+
+    def edge(self, u: int, v: int) -> int | None:
+        return self._index.get((u, v))
+
+    def is_connected(self, among: Sequence[int] | None = None) -> bool:
+        """Whether the nodes `among` (default all) reach each other through each other."""
+        keep = set(range(self.n) if among is None else among)
+        if not keep:
+            return True
+        start = min(keep)
+        seen, stack = {start}, [start]
+        while stack:
+            for v in self.neighbours(stack.pop()):
+                if v in keep and v not in seen:
+                    seen.add(v)
+                    stack.append(v)
+        return seen == keep
+
+
+def build_mesh(
+    n: int, degree: int, rng: random.Random, backbone: Sequence[int] | None = None
+) -> Mesh:
+    """A random graph in which every node has at most `degree` neighbours (gossipsub's D).
+
+    A ring through the `backbone` nodes (default all) in a drawn order keeps them connected
+    whatever happens to the others: it stands for gossipsub's mesh maintenance, which
+    re-grafts around peers that stop forwarding, so a silent minority cannot cut the honest
+    nodes apart. Random links then fill every node up towards `degree`.
+    """
+    if degree < 2:
+        raise ValueError(f"mesh degree must be at least 2, got {degree}")
+    adj: list[set[int]] = [set() for _ in range(n)]
+
+    def link(u: int, v: int) -> None:
+        adj[u].add(v)
+        adj[v].add(u)
+
+    ring = list(range(n) if backbone is None else backbone)
+    rng.shuffle(ring)
+    for i in range(len(ring) - 1 if len(ring) <= 2 else len(ring)):
+        link(ring[i], ring[(i + 1) % len(ring)])
+    order = list(range(n))
+    rng.shuffle(order)
+    for u in order:
+        for _ in range(4 * degree):
+            if len(adj[u]) >= degree or n <= 1:
+                break
+            v = rng.randrange(n)
+            if v != u and v not in adj[u] and len(adj[v]) < degree:
+                link(u, v)
+    return mesh_from_adjacency(adj)
+
+
+def mesh_from_adjacency(adj: Sequence[set[int] | Sequence[int]]) -> Mesh:
+    """A mesh from each node's neighbours (made symmetric), for `build_mesh` and tests."""
+    n = len(adj)
+    sym: list[set[int]] = [set() for _ in range(n)]
+    for u, vs in enumerate(adj):
+        for v in vs:
+            if v != u:
+                sym[u].add(v)
+                sym[v].add(u)
+    offsets, targets, sources = [0], [], []
+    for u in range(n):
+        for v in sorted(sym[u]):
+            targets.append(v)
+            sources.append(u)
+        offsets.append(len(targets))
+    index = {(s, t): e for e, (s, t) in enumerate(zip(sources, targets, strict=True))}
+    return Mesh(n, tuple(offsets), tuple(targets), tuple(sources), index)
+
+
+# ---------------------------------------------------------------------------------------------
+# what is planned: node states and link states over time
+
+
+@dataclass
+class NodeSchedule:
+    """Each node's planned down intervals [start, end), clock skew changes (from_ms, skew)
+    and the time from which it stops forwarding gossip (silent Byzantine nodes)."""
+
+    down: list[list[tuple[int, int]]]
+    skews: list[list[tuple[int, int]]]
+    silent_from: list[int]
+
+    @classmethod
+    def empty(cls, n: int) -> NodeSchedule:
+        return cls([[] for _ in range(n)], [[] for _ in range(n)], [NEVER_MS] * n)
+
+    @classmethod
+    def from_plan(
+        cls,
+        plan: Sequence[Fault],
+        boots: Sequence[int],
+        names: Sequence[str],
+        forwards: Callable[[str], bool],
+    ) -> NodeSchedule:
+        """Walk the planned faults and boot times in the order the simulator applies them
+        (faults before boots at the same instant) with the simulator's own state machine."""
+        index = {name: i for i, name in enumerate(names)}
+        n = len(names)
+        events: list[tuple[int, int, str, int]] = []
+        out = cls.empty(n)
+        for k, f in enumerate(plan):
+            targets = [index[x] for sel in f.selectors() for x in sel.patterns]
+            if isinstance(f, ClockSkew):
+                for v in targets:
+                    sk = out.skews[v]
+                    if sk and sk[-1][0] == f.at_ms:
+                        sk.pop()
+                    sk.append((f.at_ms, f.by_ms))
+            elif isinstance(f, Byzantine) and not forwards(f.behaviour):
+                for v in targets:
+                    out.silent_from[v] = min(out.silent_from[v], f.at_ms)
+            events += [(f.at_ms, k, f.KIND, v) for v in targets]
+        events += [(t, len(plan) + v, "boot", v) for v, t in enumerate(boots)]
+        events.sort(key=lambda e: (e[0], e[1]))
+        state, down_since = [0] * n, [0] * n
+        for t, _, kind, v in events:
+            new = next_state(state[v], kind)
+            if (new == BOOTED) != (state[v] == BOOTED):
+                if new == BOOTED:
+                    if down_since[v] < t:
+                        out.down[v].append((down_since[v], t))
+                else:
+                    down_since[v] = t
+            state[v] = new
+        for v in range(n):
+            if state[v] != BOOTED:
+                out.down[v].append((down_since[v], NEVER_MS))
+        return out
+
+    def settled(self, v: int) -> tuple[int, bool]:
+        """(the time of v's last planned change, whether it is up from then on)."""
+        spans = self.down[v]
+        if not spans:
+            return 0, True
+        start, end = spans[-1]
+        return (start, False) if end >= NEVER_MS else (end, True)
+
+    def up(self, v: int, t: int) -> bool:
+        spans = self.down[v]
+        i = bisect.bisect_right(spans, (t, NEVER_MS)) - 1
+        return i < 0 or not spans[i][0] <= t < spans[i][1]
+
+    def skew_at(self, v: int, t: int) -> int:
+        changes = self.skews[v]
+        i = bisect.bisect_right(changes, (t, NEVER_MS)) - 1
+        return changes[i][1] if i >= 0 else 0
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """The network faults in force during one epoch, per directed edge."""
+
+    link_down: BoolArray
+    """Partitioned or cut: the connection itself is gone (both ways)."""
+    blocked: BoolArray
+    """link_down, or dropped by a one-way partition."""
+    extra_ms: IntArray
+    loss: FloatArray
+
+
+class LinkSchedule:
+    """Link states as a step function of time: epoch i holds from starts[i] to starts[i+1]."""
+
+    def __init__(self, starts: list[int], states: list[LinkState]) -> None:
+        self.starts, self.states = starts, states
+
+    def at(self, t: int) -> int:
+        return bisect.bisect_right(self.starts, t) - 1
+
+    @classmethod
+    def from_faults(
+        cls, faults: Sequence[Fault], mesh: Mesh, names: Sequence[str], base_loss: float
+    ) -> LinkSchedule:
+        """Fold the planned network faults (already resolved to names) into epochs."""
+        index = {name: i for i, name in enumerate(names)}
+        src, dst = np.array(mesh.sources, np.int64), np.array(mesh.targets, np.int64)
+        b = _Builder(len(names), src, dst, base_loss)
+        starts, states = [0], [b.state()]
+        for f in faults:
+            if not b.apply(f, index):
+                continue
+            if starts[-1] == f.at_ms:
+                states[-1] = b.state()
+            else:
+                starts.append(f.at_ms)
+                states.append(b.state())
+        return cls(starts, states)
+
+
+class _Builder:
+    def __init__(self, n: int, src: IntArray, dst: IntArray, base_loss: float) -> None:
+        self.n, self.src, self.dst, self.base_loss = n, src, dst, base_loss
+        self.heal()
+
+    def heal(self) -> None:
+        self.group = np.zeros(self.n, np.int64)
+        self.cut = np.zeros(len(self.src), np.bool_)
+        self.one_way = np.zeros(len(self.src), np.bool_)
+        self.delay = np.zeros(self.n, np.int64)
+        self.node_loss = np.zeros(self.n, np.float64)
+
+    def mask(self, nodes: Sequence[str], index: dict[str, int]) -> BoolArray:
+        m = np.zeros(self.n, np.bool_)
+        m[[index[x] for x in nodes]] = True
+        return m
+
+    def apply(self, f: Fault, index: dict[str, int]) -> bool:
+        """Change the state for a network fault; False if `f` is not one."""
+        if isinstance(f, Heal):
+            self.heal()
+        elif isinstance(f, Partition):
+            self.group = np.zeros(self.n, np.int64)  # unlisted nodes: group 0
+            for g, nodes in enumerate(f.groups, start=1):
+                self.group[self.mask(nodes.patterns, index)] = g
+        elif isinstance(f, CutLink | OneWayPartition):
+            a, b = (f.a, f.b) if isinstance(f, CutLink) else (f.src, f.dst)
+            ma, mb = self.mask(a.patterns, index), self.mask(b.patterns, index)
+            hit = ma[self.src] & mb[self.dst]
+            if isinstance(f, CutLink):
+                self.cut |= hit | (mb[self.src] & ma[self.dst])
+            else:
+                self.one_way |= hit
+        elif isinstance(f, Delay):
+            self.delay[self.mask(f.nodes.patterns, index)] = f.by_ms
+        elif isinstance(f, Loss):
+            self.node_loss[self.mask(f.nodes.patterns, index)] = f.rate
+        else:
+            return False
+        return True
+
+    def state(self) -> LinkState:
+        s, d = self.src, self.dst
+        link_down = self.cut | (self.group[s] != self.group[d])
+        loss = np.maximum(np.maximum(self.node_loss[s], self.node_loss[d]), self.base_loss)
+        return LinkState(link_down, link_down | self.one_way, self.delay[s] + self.delay[d], loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# spreading one message
+
+
+@dataclass(frozen=True)
+class LinkKnobs:
+    jitter_ms: int = 5
+    duplicate: float = 0.0
+    """Chance that a node's transport hands it a message twice."""
+    reorder: float = 0.0
+    """Chance that a hop takes up to `reorder_ms` longer (overtaken by later messages)."""
+    reorder_ms: int = 50
+    bandwidth_mbps: int = 100
+
+
+@dataclass
+class Spread:
+    """Where one message landed: first arrivals in (time, node) order, extra copies, and what
+    became of the hops that did not land."""
+
+    arrivals: list[tuple[int, int]]
+    duplicates: list[tuple[int, int]]
+    rejected: int = 0
+    lost: int = 0
+    blocked: int = 0
+    down: int = 0
+
+
+class Network:
+    """The network model of one run. `spread` and `direct` draw from `rng` in publish order."""
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        regions: Sequence[str],
+        knobs: LinkKnobs,
+        links: LinkSchedule,
+        nodes: NodeSchedule,
+        rng: np.random.Generator,
+    ) -> None:
+        self.mesh, self.knobs, self.links, self.nodes, self.rng = mesh, knobs, links, nodes, rng
+        ri = [_REGION_INDEX[r] for r in regions]
+        self.base_ms: IntArray = np.array(
+            [_LATENCY_MS[ri[u]][ri[v]] for u, v in zip(mesh.sources, mesh.targets, strict=True)],
+            np.int64,
+        )
+        self.severed: BoolArray = np.zeros(len(mesh.targets), np.bool_)
+        self._offsets, self._targets = mesh.offsets, mesh.targets
+        settled = [nodes.settled(v) for v in range(mesh.n)]
+        self._settle_ms = [s[0] for s in settled]
+        self._final_up = [s[1] for s in settled]
+        self._has_skew = [bool(s) for s in nodes.skews]
+
+    # -- link state queries ---------------------------------------------------------------------
+
+    def connected(self, u: int, v: int, t: int) -> bool:
+        """Whether the u-v connection exists at t: a mesh link, not partitioned, cut or severed
+        (a one-way partition drops messages but leaves the connection up)."""
+        e = self.mesh.edge(u, v)
+        if e is None or self.severed[e]:
+            return False
+        return not bool(self.links.states[self.links.at(t)].link_down[e])
+
+    def blocked(self, u: int, v: int, t: int) -> bool:
+        """Whether a message from u to v sent at t is dropped by a partition, cut or one-way."""
+        e = self.mesh.edge(u, v)
+        if e is None:
+            return True
+        return bool(self.links.states[self.links.at(t)].blocked[e] or self.severed[e])
+
+    def sever(self, u: int, v: int) -> None:
+        """A node dropped its connection to a neighbour: no gossip flows over it again."""
+        for a, b in ((u, v), (v, u)):
+            e = self.mesh.edge(a, b)
+            if e is not None:
+                self.severed[e] = True
+
+    def latency_sample(self, u: int, v: int) -> int:
+        """Base latency of a mesh link (for tests and reports)."""
+        e = self.mesh.edge(u, v)
+        if e is None:
+            raise KeyError((u, v))
+        return int(self.base_ms[e])
+
+    # -- spreading ------------------------------------------------------------------------------
+
+    def _draw(self, size_bytes: int) -> tuple[IntArray, FloatArray]:
+        k, rng, e_count = self.knobs, self.rng, len(self._targets)
+        delay = self.base_ms + size_bytes * 8 // (k.bandwidth_mbps * 1000)
+        if k.jitter_ms > 0:
+            delay = delay + rng.integers(0, k.jitter_ms + 1, e_count)
+        if k.reorder > 0:
+            late = rng.random(e_count) < k.reorder
+            delay = delay + np.where(late, rng.integers(1, k.reorder_ms + 1, e_count), 0)
+        return delay, rng.random(e_count)
+
+    def _weights(self, delay: IntArray, coin: FloatArray, epoch: int) -> list[int]:
+        state = self.links.states[epoch]
+        w = delay + state.extra_ms
+        w = np.where(coin < state.loss, LOST, w)
+        w = np.where(state.blocked | self.severed, BLOCKED, w)
+        return w.tolist()  # type: ignore[no-any-return]
+
+    def spread(self, src: int, t0: int, size_bytes: int, accept: tuple[int, int] | None) -> Spread:
+        """First arrivals of a message `src` publishes at `t0`. `accept` is the window of
+        true time [lo, hi) in which a node's validator passes it (shifted by each node's clock
+        skew); None means no validator passes it."""
+        delay, coin = self._draw(size_bytes)
+        links, nodes = self.links, self.nodes
+        epoch = links.at(t0)
+        cache = {epoch: self._weights(delay, coin, epoch)}
+        weights = cache[epoch]
+        epoch_end = links.starts[epoch + 1] if epoch + 1 < len(links.starts) else NEVER_MS
+        lo, hi = accept if accept is not None else (NEVER_MS, -NEVER_MS)
+        off, tg, silent = self._offsets, self._targets, nodes.silent_from
+        settle, final_up, has_skew = self._settle_ms, self._final_up, self._has_skew
+        out = Spread([], [])
+        best = [NEVER_MS] * self.mesh.n
+        best[src] = t0
+        heap = [(t0, src)]
+        done = bytearray(self.mesh.n)
+        while heap:
+            t, u = heapq.heappop(heap)
+            if done[u]:
+                continue
+            done[u] = 1
+            if u != src:
+                local = t + nodes.skew_at(u, t) if has_skew[u] else t
+                if not lo <= local < hi:
+                    out.rejected += 1
+                    continue
+                out.arrivals.append((t, u))
+                if t >= silent[u]:
+                    continue
+            if t >= epoch_end:  # the message outlived the link state it started in
+                epoch = links.at(t)
+                if epoch not in cache:
+                    cache[epoch] = self._weights(delay, coin, epoch)
+                weights = cache[epoch]
+                epoch_end = links.starts[epoch + 1] if epoch + 1 < len(links.starts) else NEVER_MS
+            for e in range(off[u], off[u + 1]):
+                w = weights[e]
+                if w < 0:
+                    if w == LOST:
+                        out.lost += 1
+                    else:
+                        out.blocked += 1
+                    continue
+                v = tg[e]
+                ta = t + w
+                if ta >= best[v]:
+                    continue
+                if not (nodes.up(v, ta) if ta < settle[v] else final_up[v]):
+                    out.down += 1
+                    continue
+                best[v] = ta
+                heapq.heappush(heap, (ta, v))
+        self._duplicates(out)
+        return out
+
+    def _duplicates(self, out: Spread) -> None:
+        k = self.knobs
+        if k.duplicate <= 0 or not out.arrivals:
+            return
+        n = len(out.arrivals)
+        again = self.rng.random(n) < k.duplicate
+        gap = self.rng.integers(1, k.jitter_ms + 2, n)
+        out.duplicates = [(t + int(gap[i]), v) for i, (t, v) in enumerate(out.arrivals) if again[i]]
+
+    def direct(self, src: int, t0: int, size_bytes: int) -> Spread:
+        """One hop to each mesh neighbour, no validator and no forwarding: a hostile peer
+        writing straight to its neighbours' streams."""
+        delay, coin = self._draw(size_bytes)
+        weights = self._weights(delay, coin, self.links.at(t0))
+        out = Spread([], [])
+        for e in range(self._offsets[src], self._offsets[src + 1]):
+            w, v = weights[e], self._targets[e]
+            if w < 0:
+                out.lost += w == LOST
+                out.blocked += w == BLOCKED
+            elif not self.nodes.up(v, t0 + w):
+                out.down += 1
+            else:
+                out.arrivals.append((t0 + w, v))
+        out.arrivals.sort()
+        return out
