@@ -1,4 +1,4 @@
-"""The `gpumesh` command line: keys, node, swarm, demo.
+"""The `gpumesh` command line: keys, node, swarm, demo, tx, ledger, chain.
 
 Every command that shows state has `--json` for scripts; errors the user can fix (bad config,
 missing key, unreachable node) print one line naming the problem and exit with code 2.
@@ -224,7 +224,7 @@ def supply_table(snap: dict[str, Any]) -> Table:
 def cmd_swarm_up(args: argparse.Namespace) -> int:
     from sim_harness.swarm import Swarm, SwarmError, converged
 
-    swarm = Swarm.create(Path(args.dir), args.nodes)
+    swarm = Swarm.create(Path(args.dir), args.nodes, chain=not args.no_chain)
 
     def ready(node: Any, info: dict[str, Any]) -> None:
         if not args.json:
@@ -293,7 +293,9 @@ def _swarm_table(swarm: Any, statuses: dict[str, Any], args: argparse.Namespace)
         print(json.dumps({"dir": str(swarm.root), "nodes": rows}, indent=2, sort_keys=True))
         return
     table = Table(title=f"swarm in {swarm.root}")
-    columns = ("node", "peer", "pid", "listen", "status", "peers", "nodes seen", "GPUs seen")
+    columns = (
+        "node", "peer", "pid", "listen", "status", "peers", "nodes seen", "GPUs seen", "height",
+    )  # fmt: skip
     for col in (*columns, "faults"):
         table.add_column(col)
     for n in swarm.nodes:
@@ -304,6 +306,7 @@ def _swarm_table(swarm: Any, statuses: dict[str, Any], args: argparse.Namespace)
         if n.paused and swarm.alive(n):
             state = "[yellow]paused[/]"
         supply = s["supply"] if s else {}
+        chain = s.get("chain", {}) if s else {}
         table.add_row(
             n.name,
             n.peer_id[-8:],
@@ -313,6 +316,7 @@ def _swarm_table(swarm: Any, statuses: dict[str, Any], args: argparse.Namespace)
             str(len(s["peers"])) if s else "-",
             str(supply.get("nodes", "-")),
             str(supply.get("gpus", "-")),
+            str(chain.get("height", "-")),
             swarm.faults.describe(n) or "-",
         )
     console.print(table)
@@ -400,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--nodes", type=int, default=5)
     s.add_argument("--dir", default="swarm")
     s.add_argument("--timeout", type=float, default=60.0)
+    s.add_argument(
+        "--no-chain", action="store_true", help="capacity gossip only: no genesis, no consensus"
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_swarm_up)
     s = swarm.add_parser("status", help="table of the swarm's nodes")
@@ -423,10 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
     from sim_harness.cli_sim import add_sim_commands
 
     add_sim_commands(sub)
+    from node.cli_chain import add_chain_commands
+
+    add_chain_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from node.cli_chain_http import ChainCliError
+    from node.store import StoreError
     from sim_harness.cli_sim import SIM_USAGE_ERRORS
     from sim_harness.swarm import SwarmError
 
@@ -436,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         KeyFileError,
         CapacityError,
         SwarmError,
+        ChainCliError,
+        StoreError,
         *SIM_USAGE_ERRORS,
     )
     args = build_parser().parse_args(argv)

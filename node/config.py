@@ -123,6 +123,24 @@ class LogSection:
 
 
 @dataclass(frozen=True)
+class ChainSection:
+    """The replicated chain (consensus and ledger). Without a genesis the node runs no chain,
+    only capacity gossip."""
+
+    genesis: Path | None = None
+    """The genesis TOML every node of the network shares; its chain_id must be node.chain_id."""
+    data_dir: Path | None = None
+    """Where chain.sqlite lives; None: node.data_dir."""
+    empty_block_ms: int = 1_000
+    """With nothing to order, a block is still proposed this long after the round began."""
+    timeout_propose_ms: int = 3_000
+    timeout_vote_ms: int = 1_000
+    sync_interval_ms: int = 1_000
+    snapshot_every: int = 10
+    """Store the whole ledger state with every this-many blocks (restart cost vs disk)."""
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     path: Path
     """The config file; relative paths inside it were resolved against its folder."""
@@ -132,6 +150,11 @@ class NodeConfig:
     capacity: CapacitySection = field(default_factory=CapacitySection)
     gossip: GossipSection = field(default_factory=GossipSection)
     log: LogSection = field(default_factory=LogSection)
+    chain: ChainSection = field(default_factory=ChainSection)
+
+    @property
+    def chain_data_dir(self) -> Path:
+        return self.chain.data_dir or self.node.data_dir
 
     def transport_config(self) -> TransportConfig:
         n = self.network
@@ -215,6 +238,14 @@ _NETWORK_INTS = {  # key -> (min, max)
     "ping_misses_max": (1, 1_000),
 }
 
+_CHAIN_INTS = {  # key -> (min, max)
+    "empty_block_ms": (1, 600_000),
+    "timeout_propose_ms": (1, 600_000),
+    "timeout_vote_ms": (1, 600_000),
+    "sync_interval_ms": (1, 600_000),
+    "snapshot_every": (1, 1_000_000),
+}
+
 
 SECTION_KEYS = {
     "node": ("name", "key_file", "data_dir", "chain_id", "region"),
@@ -223,6 +254,7 @@ SECTION_KEYS = {
     "capacity": ("detect", "price_per_gpu_hour", "gpus"),
     "gossip": ("announce_interval_ms", "announcement_ttl_ms"),
     "log": ("level", "format", "file"),
+    "chain": ("genesis", "data_dir", *_CHAIN_INTS),
 }
 
 
@@ -243,6 +275,7 @@ def _parse(raw: dict[str, Any], path: Path) -> NodeConfig:
         capacity=_parse_capacity(raw.get("capacity", {})),
         gossip=_parse_gossip(raw.get("gossip", {})),
         log=_parse_log(raw.get("log", {}), base),
+        chain=_parse_chain(raw.get("chain", {}), base),
     )
 
 
@@ -305,6 +338,25 @@ def _parse_log(raw: object, base: Path) -> LogSection:
         level=t.get("level", _choice(LOG_LEVELS), LogSection.level),
         format=t.get("format", _choice(LOG_FORMATS), LogSection.format),
         file=t.get("file", _optional_path(base), None),
+    )
+
+
+def _parse_chain(raw: object, base: Path) -> ChainSection:
+    t = _Table(raw, "chain", SECTION_KEYS["chain"])
+    knobs = {
+        k: t.get(k, _int(lo, hi), getattr(ChainSection, k)) for k, (lo, hi) in _CHAIN_INTS.items()
+    }
+    if knobs["empty_block_ms"] >= knobs["timeout_propose_ms"]:
+        raise _Problem(
+            t.field("empty_block_ms"),
+            f"must be below {t.field('timeout_propose_ms')} ({knobs['timeout_propose_ms']}), "
+            f"got {knobs['empty_block_ms']}: an idle proposer must propose before the others "
+            "give up on it",
+        )
+    return ChainSection(
+        genesis=t.get("genesis", _optional_path(base), None),
+        data_dir=t.get("data_dir", _optional_path(base), None),
+        **knobs,
     )
 
 
@@ -539,6 +591,8 @@ def default_config(
     log_format: str = LogSection.format,
     log_file: str | os.PathLike[str] = "",
     admin_token_file: str | os.PathLike[str] = "",
+    genesis: str | os.PathLike[str] = "",
+    empty_block_ms: int = ChainSection.empty_block_ms,
     base_dir: Path | None = None,
 ) -> NodeConfig:
     """A loopback config for `base_dir/node.toml` (base_dir: the current directory), checked
@@ -564,6 +618,9 @@ def default_config(
         ),
         gossip=GossipSection(announce_interval_ms, announcement_ttl_ms),
         log=LogSection(log_level, log_format, Path(log_file) if os.fspath(log_file) else None),
+        chain=ChainSection(
+            Path(genesis) if os.fspath(genesis) else None, empty_block_ms=empty_block_ms
+        ),
     )
     raw = _to_tables(draft, base)  # relative paths stay relative, to resolve against base
     return parse_config(raw, base / CONFIG_FILE)
@@ -592,6 +649,9 @@ _NOTES = {
     "gossip": f"Capacity announcements: how often, and how long each stays valid\n"
     f"(longer than the interval, at most {TTL_MAX_MS}).",
     "log": "level: debug|info|warning|error; format: json|text; file: empty for stderr.",
+    "chain": "The replicated chain. genesis: the network's genesis file (empty: no chain,\n"
+    "capacity gossip only). data_dir: where chain.sqlite lives (empty: node.data_dir).\n"
+    "empty_block_ms < timeout_propose_ms; durations in milliseconds.",
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from node.core import NodeCore, Ready
@@ -23,6 +23,36 @@ class _TransportCollector(Collector):
             family = CounterMetricFamily(f"gpumesh_transport_{name}", f"transport counter {name}")
             family.add_metric([], value)
             yield family
+
+
+class _ChainCollector(Collector):
+    """The chain service's figures, read live from its status view."""
+
+    GAUGES = ("height", "round", "mempool", "epoch", "last_commit_age_ms")
+
+    def __init__(self, status: Callable[[], dict[str, object]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._status()
+        if snap.get("state") != "running":
+            return
+        for name in self.GAUGES:
+            value = snap.get(name)
+            if isinstance(value, int):
+                gauge = GaugeMetricFamily(f"gpumesh_chain_{name}", f"chain {name}")
+                gauge.add_metric([], value)
+                yield gauge
+        for group, prefix in (("counts", ""), ("service", "service_"), ("frames", "frames_")):
+            figures = snap.get(group)
+            if not isinstance(figures, dict):
+                continue
+            for key, value in sorted(figures.items()):
+                family = CounterMetricFamily(
+                    f"gpumesh_chain_{prefix}{key}", f"chain counter {prefix}{key}"
+                )
+                family.add_metric([], value)
+                yield family
 
 
 class NodeMetrics:
@@ -63,6 +93,10 @@ class NodeMetrics:
         self.supply_nodes.set(totals.nodes)
         self.supply_gpus.set(totals.gpus)
         self.supply_free_gpus.set(totals.free_gpus)
+
+    def add_chain(self, status: Callable[[], dict[str, object]]) -> None:
+        """Export the chain service's height, round, mempool and counters (txs committed...)."""
+        self.registry.register(_ChainCollector(status))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

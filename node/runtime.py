@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own
     from trio_typing import TaskStatus
 
 from node.capacity import CapacityReport, read_gpu_utilisation
+from node.chain_restore import load_chain_settings
+from node.chain_service import ChainService
 from node.config import NodeConfig
 from node.core import (
     CoreConfig,
@@ -42,7 +44,7 @@ from node.core import (
 )
 from node.logs import LOGGER_NAME, log_event
 from node.metrics import NodeMetrics
-from node.status_http import AdminApi, StatusApp, read_admin_token, serve_status
+from node.status_http import AdminApi, ChainApi, StatusApp, read_admin_token, serve_status
 from p2p.announcements import TOPIC_CAPACITY, BookConfig, gossip_validator
 from p2p.identity import Identity, short_peer
 from p2p.transport import (
@@ -142,6 +144,17 @@ class NodeRuntime:
         token_file = config.status.admin_token_file
         # Read before the node starts, so a bad token file stops it with a config error.
         self._admin_token = read_admin_token(token_file, config.path) if token_file else None
+        settings = load_chain_settings(config)  # a bad genesis stops the node here, too
+        self.chain: ChainService | None = None
+        if settings is not None:
+            self.chain = ChainService(
+                identity,
+                settings,
+                clock_ms=clock_ms,
+                on_change=self._changed,
+                addrs_of=self._addrs_of,
+                dial=lambda peer, addrs: self._dial(Dial(peer, addrs)),
+            )
         self.transport: Transport | None = None
         self.metrics: NodeMetrics | None = None
         self.status_app: StatusApp | None = None
@@ -162,7 +175,12 @@ class NodeRuntime:
             admin = None
             if self._admin_token is not None:
                 admin = AdminApi(self._admin_token, lambda: self.policy, self.set_traffic_policy)
-            self.status_app = StatusApp(self._snapshot, self.metrics.render, admin)
+            chain_api = None
+            if self.chain is not None:
+                self.metrics.add_chain(self.chain.status)
+                c = self.chain
+                chain_api = ChainApi(c.account, c.ledger, c.submit_tx, c.block, c.tx_pending)
+            self.status_app = StatusApp(self._snapshot, self.metrics.render, admin, chain_api)
             inbox_send, inbox = trio.open_memory_channel[Input](INBOX_MAX)
             chain_id, book_cfg = cfg.node.chain_id.encode(), self.core.config.book
             gossip = await transport.subscribe(
@@ -173,6 +191,8 @@ class NodeRuntime:
             nursery.start_soon(self._pump_peers, transport.peer_events(), inbox_send.clone())
             if self.capacity.source != "declared":
                 nursery.start_soon(self._pump_gpu_load, inbox_send.clone())
+            if self.chain is not None:
+                await nursery.start(self.chain.run, transport)
             host, port = cfg.status.host, cfg.status.port
             bound = await nursery.start(serve_status, self.status_app, host, port)
             for addr in cfg.network.bootstrap:
@@ -301,6 +321,15 @@ class NodeRuntime:
         if self.status_app is not None:
             self.status_app.changed()
 
+    def _changed(self) -> None:
+        if self.status_app is not None:
+            self.status_app.changed()
+
+    def _addrs_of(self, account: bytes) -> tuple[str, ...]:
+        """Where a node is reachable, from its live capacity announcement."""
+        ann = self.core.book.get(account)
+        return ann.addrs if ann is not None else ()
+
     def _wake_links(self) -> None:
         self._peers_changed.set()
         self._peers_changed = trio.Event()
@@ -375,6 +404,8 @@ class NodeRuntime:
             snap["listen_addrs"] = list(self.transport.listen_addrs)
             snap["transport"] = self.transport.stats.as_dict()
         snap["traffic_policy"] = self.policy.as_json()
+        if self.chain is not None:
+            snap["chain"] = self.chain.status()
         return snap
 
     def _require_transport(self) -> Transport:

@@ -6,6 +6,14 @@ long-poll (`?wait_peers=N&wait_nodes=M&wait_nodes_max=K&timeout_ms=T`): the serv
 once the node's view satisfies the condition, woken by the runtime after every step, so tools
 and tests wait on the node's own events instead of polling in a sleep loop.
 
+With a chain: GET /account/<hex> (balance, nonce, stakes; 404 for an account the ledger does
+not know), GET /ledger?limit=N (every account and operator), GET /block/<height> (a stored
+block's hash, state root and "txs": its transactions' hex ids), GET /tx/<id> (whether it
+waits in the mempool), and POST /tx,
+whose body is one signed transaction's bytes: the node hands it to its consensus engine and
+answers the verdict as JSON ({"accepted", "code", "reason"}), so a CLI needs no libp2p.
+`/status?wait_height=H` long-polls until the chain's head reaches H.
+
 /admin/policy (GET, POST) reads and replaces the node's traffic policy, the fault injection
 a local swarm drives. Loopback is not enough for that (any local user can reach the port), so
 it also demands `Authorization: Bearer <token>` with the token from `status.admin_token_file`,
@@ -20,10 +28,10 @@ import hmac
 import json
 import logging
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -37,9 +45,13 @@ if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own
 REQUEST_BYTES_MAX = 8 * 1024
 ADMIN_BODY_BYTES_MAX = 256 * 1024
 """A policy naming the most peers it may (1,024 per set) fits well inside this."""
+TX_BODY_BYTES_MAX = 1024 * 1024
+"""The largest transaction any chain's parameters allow."""
+LEDGER_LIMIT_MAX = 10_000
 TOKEN_CHARS = (32, 1024)
 WAIT_MS_MAX = 120_000
 log = logging.getLogger("gpumesh.status")
+_ROUTES = b"routes: /status /metrics /healthz /account/<hex> /ledger /block/<h> /tx\n"
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -48,6 +60,7 @@ _REASONS = {
     405: "Method Not Allowed",
     408: "Request Timeout",
     411: "Length Required",
+    503: "Service Unavailable",
     413: "Content Too Large",
 }
 
@@ -61,6 +74,28 @@ class AdminApi:
     apply: Callable[[TrafficPolicy], None]
 
 
+class TxVerdictLike(Protocol):
+    """What `ChainApi.submit_tx` returns (consensus.engine.TxVerdict is one)."""
+
+    @property
+    def accepted(self) -> bool: ...
+    @property
+    def code(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ChainApi:
+    """The chain service's views and its transaction intake."""
+
+    account: Callable[[bytes], dict[str, object] | None]
+    ledger: Callable[[int], dict[str, object]]
+    submit_tx: Callable[[bytes], Awaitable[TxVerdictLike]]
+    block: Callable[[int], Awaitable[dict[str, object] | None]]
+    tx_pending: Callable[[bytes], bool]
+
+
 @dataclass
 class StatusApp:
     """What the endpoint serves; the runtime fills it and calls `changed()` after each step."""
@@ -68,6 +103,7 @@ class StatusApp:
     snapshot: Callable[[], dict[str, object]]
     metrics: Callable[[], bytes]
     admin: AdminApi | None = None
+    chain: ChainApi | None = None
 
     def __post_init__(self) -> None:
         self._changed = trio.Event()
@@ -96,7 +132,7 @@ def _condition(query: dict[str, list[str]]) -> tuple[Callable[[dict[str, object]
             raise ValueError(f"{key} must be >= 0")
         return value
 
-    peers, nodes = number("wait_peers"), number("wait_nodes")
+    peers, nodes, height = number("wait_peers"), number("wait_nodes"), number("wait_height")
     nodes_max = number("wait_nodes_max") if "wait_nodes_max" in query else None
     timeout_ms = min(number("timeout_ms") or 10_000, WAIT_MS_MAX)
 
@@ -105,9 +141,11 @@ def _condition(query: dict[str, list[str]]) -> tuple[Callable[[dict[str, object]
         seen = supply.get("nodes", 0) if isinstance(supply, dict) else 0
         have_peers = snap.get("peers", [])
         at_most = nodes_max is None or seen <= nodes_max
-        return len(have_peers) >= peers and seen >= nodes and at_most  # type: ignore[arg-type]
+        chain = snap.get("chain", {})
+        reached = not height or (isinstance(chain, dict) and chain.get("height", 0) >= height)
+        return len(have_peers) >= peers and seen >= nodes and at_most and reached  # type: ignore[arg-type]
 
-    waits = peers or nodes or nodes_max is not None
+    waits = peers or nodes or height or nodes_max is not None
     return ready, (timeout_ms if waits else 0)
 
 
@@ -161,6 +199,10 @@ async def _handle(app: StatusApp, stream: trio.SocketStream) -> None:
         method, url = request.method, urlsplit(request.target)
         if url.path == "/admin" or url.path.startswith("/admin/"):
             await _admin(app.admin, stream, request, url.path)
+        elif url.path in ("/tx", "/ledger") or url.path.startswith(
+            ("/account/", "/block/", "/tx/")
+        ):
+            await _chain(app.chain, stream, request, url.path, parse_qs(url.query))
         elif method != "GET":
             await _respond(stream, 405, b"only GET\n", "text/plain")
         elif url.path == "/metrics":
@@ -170,7 +212,7 @@ async def _handle(app: StatusApp, stream: trio.SocketStream) -> None:
         elif url.path == "/status":
             await _status(app, stream, parse_qs(url.query))
         else:
-            await _respond(stream, 404, b"routes: /status /metrics /healthz\n", "text/plain")
+            await _respond(stream, 404, _ROUTES, "text/plain")
 
 
 async def _status(app: StatusApp, stream: trio.SocketStream, query: dict[str, list[str]]) -> None:
@@ -204,6 +246,107 @@ async def serve_status(
 
 
 # ---------------------------------------------------------------------------------------------
+# chain routes
+
+
+async def _json(stream: trio.SocketStream, code: int, doc: object) -> None:
+    await _respond(
+        stream, code, json.dumps(doc, sort_keys=True).encode() + b"\n", "application/json"
+    )
+
+
+async def _chain(
+    api: ChainApi | None,
+    stream: trio.SocketStream,
+    request: _Request,
+    path: str,
+    query: dict[str, list[str]],
+) -> None:
+    if api is None:
+        await _json(stream, 404, {"error": "this node runs no chain (no [chain] genesis)"})
+    elif path == "/tx":
+        if request.method != "POST":
+            await _respond(stream, 405, b"/tx takes POST\n", "text/plain")
+            return
+        body = await _read_body(stream, request, TX_BODY_BYTES_MAX)
+        if body is not None:
+            v = await api.submit_tx(body)
+            doc = {"accepted": v.accepted, "code": v.code, "reason": v.reason}
+            await _json(stream, 200, doc)
+    elif request.method != "GET":
+        await _respond(stream, 405, b"only GET\n", "text/plain")
+    elif path.startswith("/tx/"):
+        tx_id = _hex32(path.removeprefix("/tx/"))
+        if tx_id is None:
+            await _json(stream, 400, {"error": "expected /tx/<64 hex digits of a tx id>"})
+        else:
+            await _json(stream, 200, {"tx_id": tx_id.hex(), "pending": api.tx_pending(tx_id)})
+    elif path.startswith("/block/"):
+        text = path.removeprefix("/block/")
+        if not text.isascii() or not text.isdigit() or len(text) > 18:
+            await _json(stream, 400, {"error": f"{text[:40]!r} is not a block height"})
+            return
+        block = await api.block(int(text))
+        if block is None:
+            await _json(stream, 404, {"error": "no such block", "height": int(text)})
+        else:
+            await _json(stream, 200, block)
+    elif path == "/ledger":
+        try:
+            limit = min(int(query.get("limit", [str(LEDGER_LIMIT_MAX)])[0]), LEDGER_LIMIT_MAX)
+        except ValueError:
+            await _json(stream, 400, {"error": "limit must be an integer"})
+            return
+        await _json(stream, 200, api.ledger(max(limit, 0)))
+    else:
+        text = path.removeprefix("/account/")
+        account = _hex32(text)
+        if account is None:
+            problem = f"{text[:80]!r} is not an account: expected 64 hex digits"
+            await _json(stream, 400, {"error": problem})
+            return
+        view = api.account(account)
+        if view is None:
+            await _json(stream, 404, {"error": "unknown account", "account": account.hex()})
+        else:
+            await _json(stream, 200, view)
+
+
+def _hex32(text: str) -> bytes | None:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+async def _read_body(stream: trio.SocketStream, request: _Request, limit: int) -> bytes | None:
+    """The request's body (Content-Length bytes), or None once an error was answered."""
+    length_text = request.headers.get("content-length", "")
+    if not length_text.isascii() or not length_text.isdigit():
+        await _respond(stream, 411, b"POST needs a Content-Length header\n", "text/plain")
+        return None
+    length = int(length_text)
+    if length > limit:
+        problem = f"body of {length} bytes exceeds the limit of {limit}\n"
+        await _respond(stream, 413, problem.encode(), "text/plain")
+        return None
+    body = request.body_start[:length]
+    try:
+        with trio.fail_after(5):
+            while len(body) < length:
+                chunk = await stream.receive_some(length - len(body))
+                if not chunk:
+                    problem = f"body ended after {len(body)} of {length} bytes\n"
+                    await _respond(stream, 400, problem.encode(), "text/plain")
+                    return None
+                body += chunk
+    except trio.TooSlowError:
+        return None
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
 # /admin
 
 
@@ -211,7 +354,7 @@ async def _admin(
     api: AdminApi | None, stream: trio.SocketStream, request: _Request, path: str
 ) -> None:
     if api is None or path != "/admin/policy":
-        await _respond(stream, 404, b"routes: /status /metrics /healthz\n", "text/plain")
+        await _respond(stream, 404, _ROUTES, "text/plain")
     elif not _authorised(api.token, request.headers.get("authorization", "")):
         # Nothing about why: a prober learns neither the scheme's details nor the token's.
         await _respond(stream, 401, b"unauthorised\n", "text/plain", "WWW-Authenticate: Bearer\r\n")
@@ -224,26 +367,11 @@ async def _admin(
 
 
 async def _admin_post(api: AdminApi, stream: trio.SocketStream, request: _Request) -> None:
-    length_text = request.headers.get("content-length", "")
-    if not length_text.isascii() or not length_text.isdigit():
-        await _respond(stream, 411, b"POST needs a Content-Length header\n", "text/plain")
+    body = await _read_body(stream, request, ADMIN_BODY_BYTES_MAX)
+    if body is None:
         return
-    length = int(length_text)
-    if length > ADMIN_BODY_BYTES_MAX:
-        problem = f"body of {length} bytes exceeds the limit of {ADMIN_BODY_BYTES_MAX}\n"
-        await _respond(stream, 413, problem.encode(), "text/plain")
-        return
-    body = request.body_start[:length]
     try:
-        with trio.fail_after(5):
-            while len(body) < length:
-                chunk = await stream.receive_some(length - len(body))
-                if not chunk:
-                    raise ValueError(f"body ended after {len(body)} of {length} bytes")
-                body += chunk
         policy = TrafficPolicy.from_json(json.loads(body))
-    except trio.TooSlowError:
-        return
     except PolicyError as exc:
         await _respond(stream, 400, f"bad policy: {exc}\n".encode(), "text/plain")
         return

@@ -79,9 +79,12 @@ def peer_id_via_libp2p(public_key: bytes) -> str:
 class Libp2pTransport:
     """One libp2p node. Implements `p2p.transport.Transport`; open with `Libp2pTransport.open`."""
 
-    def __init__(self, host: IHost, pubsub: Pubsub, config: TransportConfig) -> None:
+    def __init__(
+        self, host: IHost, pubsub: Pubsub, config: TransportConfig, router: GossipSub | None = None
+    ) -> None:
         self._host = host
         self._pubsub = pubsub
+        self._router = router
         self._config = config
         self._peer_id = str(host.get_id())
         self._stats = TransportStats(extra={"pings_ok": 0})
@@ -119,7 +122,7 @@ class Libp2pTransport:
         host, pubsub, router = _build_host(identity, listen, config)
         if str(host.get_id()) != identity.peer_id:
             raise RuntimeError(f"libp2p derived {host.get_id()} for {identity.peer_id}")
-        node = cls(host, pubsub, config)
+        node = cls(host, pubsub, config, router)
         host.get_network().register_notifee(_WakeOnConnection(node._wake))
         host.set_stream_handler(TProtocol(PING_PROTOCOL), node._serve_ping)
         async with host.run(listen):
@@ -206,6 +209,15 @@ class Libp2pTransport:
             with trio.move_on_after(PEER_POLL_INTERVAL_S):
                 await self._wake_recv.receive()
             self._reconcile_peers()
+            self._note_mesh()
+
+    def _note_mesh(self) -> None:
+        """Gossip mesh size (fewest peers in any topic's mesh): gossip reaches mesh peers at
+        once and others only through heartbeat IHAVE/IWANT, so an operator wants to see it."""
+        if self._router is None:
+            return
+        meshes = [len(peers) for peers in self._router.mesh.values()]
+        self._stats.extra["gossip_mesh_peers_min"] = min(meshes, default=0)
 
     def set_traffic_policy(self, policy: TrafficPolicy) -> None:
         self._edge.set(policy)

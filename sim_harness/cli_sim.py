@@ -136,7 +136,7 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     given = parse_seed(args.seed) if args.seed is not None else None
     scenario = load_checked(args.scenario)
     seed = scenario.seed if given is None else given
-    from sim_harness.simulator import Simulator
+    from sim_harness.consensus_sim import simulator_for
 
     out, err = _consoles(args.json)
     _line(out, f"sim: scenario {args.scenario}, seed {seed}")
@@ -148,7 +148,7 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
             bar.update(task, completed=now_ms, total=end_ms, sim=sim)
 
         try:
-            result = Simulator(scenario, seed, progress=on_progress).run()
+            result = simulator_for(scenario, seed, progress=on_progress).run()
         except Exception:  # our bug: crash loudly, but leave the way back to it first
             _line(err, f"sim: seed {seed} crashed; replay: {replay_command(args.scenario, seed)}")
             raise

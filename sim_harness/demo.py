@@ -22,7 +22,7 @@ console = Console(width=None if Console().is_terminal else 110)
 def run_demo(root: Path, count: int, *, timeout_s: float = 45.0) -> int:
     console.rule(f"[bold]gpumesh demo: a swarm of {count} real nodes on 127.0.0.1")
     started = time.monotonic()
-    swarm = Swarm.create(root, count)
+    swarm = Swarm.create(root, count, chain=True)
     try:
 
         def ready(node: SwarmNode, info: dict[str, Any]) -> None:

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from p2p.announcements import BookConfig, GpuSpec
+from sim_harness import consensus_checkers  # noqa: F401 - registers the consensus checkers
 from sim_harness.byzantine import BYZANTINE
+from sim_harness.byzantine_consensus import CONSENSUS_BYZANTINE
 from sim_harness.checkers import CHECKERS
 from sim_harness.faults import (
     SWARM_KINDS,
@@ -84,6 +86,31 @@ class WorkloadSpec:
 
 
 @dataclass(frozen=True)
+class ConsensusSpec:
+    """A scenario with a `[consensus]` table runs the committee and ledger
+    (sim_harness.consensus_sim) instead of capacity gossip."""
+
+    committee_size: int = 4
+    epoch_blocks: int = 100
+    tx_rate: int = 20
+    """Transactions per simulated second, submitted network-wide by `users` accounts."""
+    users: int = 16
+    timeout_propose_ms: int = 3_000
+    timeout_propose_delta_ms: int = 1_000
+    timeout_vote_ms: int = 1_000
+    timeout_vote_delta_ms: int = 500
+    empty_block_ms: int = 1_000
+    rebroadcast_ms: int = 1_000
+    block_txs_max: int = 4_000
+    snapshot_every: int = 10
+
+
+CONSENSUS_CHECKERS = (
+    "agreement", "equal_state_roots", "conservation", "chain_liveness", "no_crash_on_bad_input",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     duration_ms: int
@@ -98,6 +125,7 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     swarm: SwarmSpec = field(default_factory=SwarmSpec)
     checkers: tuple[str, ...] = ("book_convergence", "no_crash_on_bad_input")
+    consensus: ConsensusSpec | None = None
 
     @property
     def node_names(self) -> list[str]:
@@ -140,7 +168,12 @@ def parse_scenario(raw: dict[str, Any], path: str = "<scenario>") -> Scenario:
 
 TOP_KEYS = (
     "name", "seed", "duration", "liveness", "chain_id", "network", "gossip", "workload",
-    "nodes", "faults", "swarm", "checkers",
+    "nodes", "faults", "swarm", "checkers", "consensus",
+)  # fmt: skip
+CONSENSUS_KEYS = (
+    "committee_size", "epoch_blocks", "tx_rate", "users", "timeout_propose",
+    "timeout_propose_delta", "timeout_vote", "timeout_vote_delta", "empty_block", "rebroadcast",
+    "block_txs_max", "snapshot_every",
 )  # fmt: skip
 NETWORK_KEYS = (
     "mesh_degree", "jitter", "loss", "duplicate", "reorder", "reorder_delay", "bandwidth_mbps",
@@ -226,6 +259,8 @@ def _parse(raw: dict[str, Any], path: str) -> Scenario:
     gossip = _parse_gossip(t.get("gossip", {}))
     duration_ms = _dur(t["duration"], "duration")
     faults = tuple(_parse_faults(t.get("faults", []), names, duration_ms))
+    consensus = _parse_consensus(t["consensus"]) if "consensus" in t else None
+    default_checkers = Scenario.checkers if consensus is None else CONSENSUS_CHECKERS
     return Scenario(
         name=_str(t["name"], "name"),
         duration_ms=duration_ms,
@@ -239,8 +274,32 @@ def _parse(raw: dict[str, Any], path: str) -> Scenario:
         workload=_parse_workload(t.get("workload", {})),
         faults=faults,
         swarm=_parse_swarm(t.get("swarm", {})),
-        checkers=_get(t, "checkers", "", _choices(sorted(CHECKERS)), Scenario.checkers),
+        checkers=_get(t, "checkers", "", _choices(sorted(CHECKERS)), default_checkers),
+        consensus=consensus,
     )
+
+
+def _parse_consensus(raw: object) -> ConsensusSpec:
+    t, w, d = _keys(raw, "consensus", CONSENSUS_KEYS), "consensus", ConsensusSpec()
+    spec = ConsensusSpec(
+        committee_size=_get(t, "committee_size", w, _int(1, 1_000), d.committee_size),
+        epoch_blocks=_get(t, "epoch_blocks", w, _int(1, 1_000_000), d.epoch_blocks),
+        tx_rate=_get(t, "tx_rate", w, _int(0, 1_000_000), d.tx_rate),
+        users=_get(t, "users", w, _int(1, 100_000), d.users),
+        timeout_propose_ms=_get(t, "timeout_propose", w, _dur, d.timeout_propose_ms),
+        timeout_propose_delta_ms=_get(
+            t, "timeout_propose_delta", w, _dur, d.timeout_propose_delta_ms
+        ),
+        timeout_vote_ms=_get(t, "timeout_vote", w, _dur, d.timeout_vote_ms),
+        timeout_vote_delta_ms=_get(t, "timeout_vote_delta", w, _dur, d.timeout_vote_delta_ms),
+        empty_block_ms=_get(t, "empty_block", w, _dur, d.empty_block_ms),
+        rebroadcast_ms=_get(t, "rebroadcast", w, _dur, d.rebroadcast_ms),
+        block_txs_max=_get(t, "block_txs_max", w, _int(1, 10_000), d.block_txs_max),
+        snapshot_every=_get(t, "snapshot_every", w, _int(1, 1_000_000), d.snapshot_every),
+    )
+    if spec.empty_block_ms >= spec.timeout_propose_ms:
+        raise FaultError("consensus.empty_block", "must be shorter than consensus.timeout_propose")
+    return spec
 
 
 def _parse_groups(raw: object) -> tuple[NodeGroup, ...]:
@@ -361,10 +420,11 @@ def _parse_faults(raw: object, names: Sequence[str], duration_ms: int) -> list[F
                 f"{fault.at_ms} ms is not within duration ({duration_ms} ms): faults belong to "
                 "the safety phase; the liveness phase heals them",
             )
-        if isinstance(fault, Byzantine) and fault.behaviour not in BYZANTINE:
+        known = set(BYZANTINE) | set(CONSENSUS_BYZANTINE)
+        if isinstance(fault, Byzantine) and fault.behaviour not in known:
             raise FaultError(
                 f"{where}.byzantine.behaviour",
-                f"unknown behaviour {fault.behaviour!r} (known: {', '.join(sorted(BYZANTINE))})",
+                f"unknown behaviour {fault.behaviour!r} (known: {', '.join(sorted(known))})",
             )
         out.append(fault)
     return out

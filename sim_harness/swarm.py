@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from sim_harness.swarm_faults import SwarmFaults
 
 SWARM_FILE = "swarm.json"
+GENESIS_FILE = "genesis.toml"
 ADMIN_TOKEN_FILE = "admin.token"
 LOOPBACK = "127.0.0.1"
 REGIONS = ("eu-west", "us-east", "ap-south", "eu-central", "us-west")
@@ -131,7 +132,15 @@ class Swarm:
         announcement_ttl_ms: int = 15_000,
         chain_id: str = "gpumesh-swarm",
         log_level: str = "info",
+        chain: bool = False,
+        empty_block_ms: int = 1_000,
+        users: int | None = None,
+        committee_size: int | None = None,
+        epoch_blocks: int | None = None,
     ) -> Swarm:
+        """`chain`: also write a genesis making every node an operator (plus funded user keys,
+        see `sim_harness.swarm_genesis`), and run consensus on every node. `users`,
+        `committee_size` and `epoch_blocks` go to that genesis; None keeps its defaults."""
         if count < 1:
             raise SwarmError(f"a swarm needs at least 1 node, got {count}")
         root = Path(root).resolve()
@@ -145,11 +154,12 @@ class Swarm:
         token_file = _write_admin_token(root)
         ports = free_ports(2 * count)
         nodes: list[SwarmNode] = []
-        for i in range(count):
+        identities = [Identity.generate() for _ in range(count)]
+        genesis = root / GENESIS_FILE if chain else None
+        for i, identity in enumerate(identities):
             name = f"node-{i}"
             home = root / name
             home.mkdir(parents=True, exist_ok=True)
-            identity = Identity.generate()
             write_key_file(home / "node.key", identity, overwrite=True)
             node = SwarmNode(name, str(home), identity.peer_id, ports[2 * i], ports[2 * i + 1])
             cfg = default_config(
@@ -166,10 +176,17 @@ class Swarm:
                 log_file="node.log",
                 log_level=log_level,
                 admin_token_file=token_file,
+                genesis=genesis or "",
+                empty_block_ms=empty_block_ms,
                 base_dir=home,
             )
             write_config(node.config_path, cfg)
             nodes.append(node)
+        if genesis is not None:
+            genesis_args = {"users": users, "committee_size": committee_size,
+                            "epoch_blocks": epoch_blocks}  # fmt: skip
+            chosen = {k: v for k, v in genesis_args.items() if v is not None}
+            _new_chain(root, identities, chain_id, [home_data(n) for n in nodes], **chosen)
         swarm = cls(root, nodes)
         swarm.save()
         return swarm
@@ -385,6 +402,27 @@ def converged(statuses: dict[str, dict[str, object] | None], count: int) -> bool
 def _nodes_seen(status: dict[str, object]) -> int:
     supply = status.get("supply")
     return int(supply.get("nodes", 0)) if isinstance(supply, dict) else 0
+
+
+def home_data(node: SwarmNode) -> Path:
+    """The node's data folder as `Swarm.create` configures it."""
+    return Path(node.home) / "data"
+
+
+def _new_chain(
+    root: Path, identities: list[Identity], chain_id: str, data: list[Path], **genesis: int
+) -> None:
+    """A fresh genesis for fresh keys: stores left by an earlier swarm in this folder belong
+    to other keys and another genesis, so they go before the new ones are provisioned.
+    `genesis`: keyword arguments of `write_swarm_genesis` (users, committee_size, ...)."""
+    from node.chain_restore import STORE_FILE
+    from sim_harness.swarm_genesis import provision_stores, write_swarm_genesis
+
+    genesis_path = write_swarm_genesis(root, identities, chain_id, **genesis)
+    for folder in data:
+        for suffix in ("", "-wal", "-shm"):
+            (folder / (STORE_FILE + suffix)).unlink(missing_ok=True)
+    provision_stores(genesis_path, data)
 
 
 def _write_admin_token(root: Path) -> Path:

@@ -126,10 +126,10 @@ def run_seed(scenario_path: str, seed: int) -> SeedOutcome:
     the scenario itself, since a Scenario need not be picklable."""
     t0 = time.monotonic()
     try:
+        from sim_harness.consensus_sim import simulator_for
         from sim_harness.scenario import load_scenario
-        from sim_harness.simulator import Simulator
 
-        result = Simulator(load_scenario(Path(scenario_path)), seed).run()
+        result = simulator_for(load_scenario(Path(scenario_path)), seed).run()
     except Exception:
         return _errored(scenario_path, seed, traceback.format_exc(), time.monotonic() - t0)
     failures = tuple(sorted((n, v.detail) for n, v in result.checkers.items() if not v.ok))

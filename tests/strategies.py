@@ -13,6 +13,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from consensus.bft.votes import ROUND_MAX, Proposal, Vote
 from p2p.announcements import GPU_MODELS_MAX, CapacityAnnouncement, GpuSpec
 from p2p.errors import InvalidRecord
 from p2p.identity import Identity
@@ -80,8 +81,34 @@ def identities(count: int = 8, label: str = "strategies") -> st.SearchStrategy[I
 # ---------------------------------------------------------------------------------------------
 # Any registered record, derived from its schema unless a better strategy is listed here
 
+def votes() -> st.SearchStrategy[Vote]:
+    """Valid votes: kind 1 or 2, a nil or 32-byte hash (the generic strategy would draw
+    mostly invalid ones and be filtered into a health-check failure)."""
+    return st.builds(
+        Vote,
+        height=st.integers(1, U64_MAX),
+        round=st.integers(0, ROUND_MAX),
+        kind=st.sampled_from([1, 2]),
+        block_hash=st.one_of(st.just(b""), st.binary(min_size=32, max_size=32)),
+    )
+
+
+def proposals() -> st.SearchStrategy[Proposal]:
+    return st.integers(0, ROUND_MAX).flatmap(
+        lambda r: st.builds(
+            Proposal,
+            height=st.integers(1, U64_MAX),
+            round=st.just(r),
+            pol_round_plus_one=st.integers(0, r),
+            block_hash=st.binary(min_size=32, max_size=32),
+        )
+    )
+
+
 RECORD_STRATEGIES: dict[type[Record], st.SearchStrategy[Any]] = {
     CapacityAnnouncement: capacity_announcements(),
+    Vote: votes(),
+    Proposal: proposals(),
 }
 
 

@@ -22,6 +22,7 @@ from consensus.ledger.apply import (
 )
 from consensus.ledger.errors import ConservationError, GenesisError, InvalidTransaction, TxCode
 from consensus.ledger.escrow import EscrowSettlement, escrow_lock, escrow_refund, escrow_release
+from consensus.ledger.evidence import EQUIVOCATION_SLASH_BPS, Equivocation, evidence_digest
 from consensus.ledger.genesis import Genesis, GenesisOperator, load_genesis_toml
 from consensus.ledger.params import BPS, PERMILLE, EmissionParams, LedgerParams
 from consensus.ledger.rewards import EpochRewards, RewardShare, emission_for_epoch
@@ -43,6 +44,7 @@ from consensus.ledger.tx import (
 
 __all__ = [
     "BPS",
+    "EQUIVOCATION_SLASH_BPS",
     "PERMILLE",
     "PROTOCOL_ACCOUNT",
     "TX_TYPES",
@@ -54,6 +56,7 @@ __all__ = [
     "EmissionParams",
     "EpochOutcome",
     "EpochRewards",
+    "Equivocation",
     "EscrowSettlement",
     "Genesis",
     "GenesisError",
@@ -83,6 +86,7 @@ __all__ = [
     "escrow_lock",
     "escrow_refund",
     "escrow_release",
+    "evidence_digest",
     "load_genesis_toml",
     "register_tx_handler",
     "slash",

@@ -217,10 +217,19 @@ def end_epoch(state: LedgerState, ctx: BlockContext) -> EpochOutcome:
     return EpochOutcome(ended, released, rewards, state.committee_seed)
 
 
-def apply_block(state: LedgerState, txs: Sequence[bytes], ctx: BlockContext) -> BlockOutcome:
+def apply_block(
+    state: LedgerState,
+    txs: Sequence[bytes],
+    ctx: BlockContext,
+    decode: Callable[[bytes], Tx] | None = None,
+) -> BlockOutcome:
     """Apply a committed block's transactions (raw bytes, in block order) and, when the block
     closes an epoch, the epoch step. Raises ValueError if `ctx.height` is not the next height
-    (the caller's bug) and ConservationError if the books do not balance (ours)."""
+    (the caller's bug) and ConservationError if the books do not balance (ours).
+
+    `decode` must behave exactly like `decode_tx` for this chain (raise InvalidTransaction
+    the same way); a node passes one that remembers transactions it verified on admission,
+    so each signature is checked once per node, not once per stage."""
     if ctx.height != state.height + 1:
         raise ValueError(f"block {ctx.height} does not follow height {state.height}")
     tally = BlockTally()
@@ -228,7 +237,12 @@ def apply_block(state: LedgerState, txs: Sequence[bytes], ctx: BlockContext) -> 
     rejected: list[Rejection] = []
     for index, data in enumerate(txs):
         try:
-            tx = decode_tx(data, chain_id=state.chain_id, tx_bytes_max=state.params.tx_bytes_max)
+            if decode is None:
+                tx = decode_tx(
+                    data, chain_id=state.chain_id, tx_bytes_max=state.params.tx_bytes_max
+                )
+            else:
+                tx = decode(data)
             receipts.append(apply_tx(state, tx, ctx, tally))
         except InvalidTransaction as exc:
             digest = hashlib.sha256(data).digest()

@@ -39,6 +39,11 @@ class TxCode(enum.Enum):
     UNKNOWN_ESCROW = "unknown_escrow"
     ESCROW_OVERDRAWN = "escrow_overdrawn"
     DUPLICATE_EVIDENCE = "duplicate_evidence"
+    BAD_EVIDENCE = "bad_evidence"
+    """Equivocation evidence whose statements do not verify or do not conflict."""
+    ALREADY_PENDING = "already_pending"
+    """The mempool holds this transaction, or another with the same sender and nonce."""
+    MEMPOOL_FULL = "mempool_full"
 
 
 class InvalidTransaction(ValueError):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from node.config import (
     CONFIG_FILE,
     CapacitySection,
+    ChainSection,
     ConfigError,
     GossipSection,
     LogSection,
@@ -80,7 +81,16 @@ def full_config(base: Path) -> NodeConfig:
         ping_misses_max=5,
     )
     status = StatusSection("::1", 9101, cfg.status.admin_token_file)
-    return dataclasses.replace(cfg, network=network, status=status)
+    chain = ChainSection(
+        genesis=base.resolve() / "net" / "genesis.toml",
+        data_dir=base.resolve() / "chain",
+        empty_block_ms=500,
+        timeout_propose_ms=4_000,
+        timeout_vote_ms=1_500,
+        sync_interval_ms=2_000,
+        snapshot_every=20,
+    )
+    return dataclasses.replace(cfg, network=network, status=status, chain=chain)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +133,7 @@ def test_rendered_paths_are_relative_under_the_folder_and_absolute_outside(tmp_p
     assert raw["log"]["file"] == "logs/node.log"
     assert raw["status"]["listen"] == "[::1]:9101"
     assert raw["status"]["admin_token_file"] == "secrets/admin.token"
+    assert raw["chain"]["genesis"] == "net/genesis.toml"
 
 
 def test_relative_paths_resolve_against_the_config_folder_not_the_cwd(
@@ -328,6 +339,15 @@ BAD = [
     (MINIMAL + "[status]\nlisten = 9101\n", "status.listen", "expected a string"),
     (MINIMAL + "[status]\nadmin_token_file = 1\n", "status.admin_token_file", "expected a string"),
     (MINIMAL + "[status]\nadmin_token = 'x'\n", "status.admin_token", "did you mean"),
+    (MINIMAL + "[chain]\ngenesys = 'g.toml'\n", "chain.genesys", "did you mean 'genesis'?"),
+    (MINIMAL + "[chain]\ngenesis = 3\n", "chain.genesis", "expected a string, got 3"),
+    (MINIMAL + "[chain]\nempty_block_ms = 0\n", "chain.empty_block_ms", "positive integer"),
+    (
+        MINIMAL + "[chain]\nempty_block_ms = 3000\n",
+        "chain.empty_block_ms",
+        "must be below chain.timeout_propose_ms (3000), got 3000",
+    ),
+    (MINIMAL + "[chain]\nsnapshot_every = -1\n", "chain.snapshot_every", "positive integer"),
     (CAP + 'detect = "cuda"\n', "capacity.detect", "expected one of 'auto', 'nvidia-smi'"),
     (
         CAP + "price_per_gpu_hour = -1\n",

@@ -1,0 +1,114 @@
+"""Frames to peers over direct request streams: one sender task and one bounded queue per
+peer, so a slow or dead peer delays only what is addressed to it, and the caller (the
+engine loop) never waits on the network.
+
+Each frame is tried a few times with a short backoff (a link may be re-forming after a
+restart); after that it is dropped and counted. A full queue drops its oldest frame: the
+consensus core re-sends what still matters on its own timers, so the newest frames are the
+ones worth keeping. Nothing here is lost silently: every drop and failure is in `stats`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from node.logs import LOGGER_NAME, log_event
+from p2p.identity import short_peer
+from p2p.transport import MessageTooLarge, PeerId, RequestFailed, Transport
+
+QUEUE_MAX = 256
+TRIES = 3
+BACKOFF_S = (0.1, 0.3)
+"""Pause after the first and the second failed try."""
+REQUEST_TIMEOUT_MS = 2_000
+"""The receiver acknowledges as soon as it queued the frame: no reason to wait long."""
+
+
+@dataclass
+class SenderStats:
+    queued: int = 0
+    sent: int = 0
+    dropped_queue_full: int = 0
+    dropped_failed: int = 0
+    """Frames given up after every try failed."""
+    retries: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class _Queue:
+    def __init__(self) -> None:
+        self.frames: deque[bytes] = deque()
+        self.wake = trio.Event()
+
+
+class PeerSenders:
+    """Fire-and-forget sends on one protocol; the tasks live in `nursery`."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        protocol: str,
+        nursery: trio.Nursery,
+        *,
+        queue_max: int = QUEUE_MAX,
+    ) -> None:
+        self._transport, self._protocol, self._nursery = transport, protocol, nursery
+        self._queue_max = queue_max
+        self._queues: dict[PeerId, _Queue] = {}
+        self.stats = SenderStats()
+        self._log = logging.getLogger(f"{LOGGER_NAME}.chain")
+
+    def send(self, peer: PeerId, frame: bytes) -> None:
+        """Queue `frame` for `peer` and return at once."""
+        q = self._queues.get(peer)
+        if q is None:
+            q = self._queues[peer] = _Queue()
+            self._nursery.start_soon(self._run, peer, q)
+        if len(q.frames) >= self._queue_max:
+            q.frames.popleft()
+            self.stats.dropped_queue_full += 1
+        q.frames.append(frame)
+        self.stats.queued += 1
+        q.wake.set()
+
+    def backlog(self) -> dict[str, int]:
+        return {short_peer(p): len(q.frames) for p, q in sorted(self._queues.items())}
+
+    async def _run(self, peer: PeerId, q: _Queue) -> None:
+        while True:
+            while not q.frames:
+                await q.wake.wait()
+                q.wake = trio.Event()
+            await self._deliver(peer, q.frames.popleft())
+
+    async def _deliver(self, peer: PeerId, frame: bytes) -> None:
+        reason = ""
+        for attempt in range(TRIES):
+            if attempt:
+                self.stats.retries += 1
+                await trio.sleep(BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)])
+            try:
+                await self._transport.request(
+                    peer, self._protocol, frame, timeout_ms=REQUEST_TIMEOUT_MS
+                )
+            except MessageTooLarge as exc:  # our bug, but one frame must not stop the node
+                reason = str(exc)
+                break
+            except RequestFailed as exc:
+                reason = exc.reason
+                continue
+            self.stats.sent += 1
+            return
+        self.stats.dropped_failed += 1
+        log_event(
+            self._log,
+            "frame_send_failed",
+            {"peer": short_peer(peer), "reason": reason[:200]},
+            logging.DEBUG,
+        )
