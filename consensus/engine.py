@@ -17,14 +17,14 @@ member never contradicts a vote it sent, and how a crash never loses a committed
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from consensus.bft.block import BLOCK_BYTES_MAX, BLOCK_TXS_MAX, Block, block_hash_of, decode_block
+from consensus.bft.block import Block, block_hash_of, decode_block
 from consensus.bft.mempool import Mempool
 from consensus.bft.messages import (
     RELAY_MAX,
     SYNC_BLOCKS_MAX,
+    TAG_BATCH,
     TAG_BLOCKS,
     TAG_PROPOSAL,
     TAG_RELAY,
@@ -37,11 +37,11 @@ from consensus.bft.messages import (
     decode_frame,
     encode_frame,
     encode_proposal_frame,
+    split_batch,
     split_proposal_payload,
 )
 from consensus.bft.tendermint import (
     App,
-    BftConfig,
     Broadcast,
     Decide,
     EvidenceFound,
@@ -51,6 +51,20 @@ from consensus.bft.tendermint import (
 )
 from consensus.bft.votes import PROPOSAL_SLOT, Proposal, Vote, decode_statement
 from consensus.chain import Chain, InvalidBlock, VerifiedCommit
+from consensus.engine_types import (
+    ClientTx,
+    CommitBlock,
+    EngineAction,
+    EngineConfig,
+    EngineInput,
+    EngineReady,
+    EngineTick,
+    FrameIn,
+    RequestSync,
+    SendFrame,
+    SyncReply,
+    TxVerdict,
+)
 from consensus.ledger.errors import InvalidTransaction
 from consensus.ledger.evidence import Equivocation
 from p2p.errors import BadSignature, DecodeError
@@ -63,108 +77,21 @@ REPORT_AGAIN_BLOCKS = 20
 SLOT_HEIGHTS_KEPT = 16
 """Heights back for which first statements are kept to catch equivocation in late relays."""
 
-# -- configuration, inputs, outputs -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    bft: BftConfig = field(default_factory=BftConfig)
-    block_txs_max: int = 4_000
-    block_bytes_max: int = 1024 * 1024
-    empty_block_ms: int = 1_000
-    """With nothing to order, the proposer still proposes after this long: blocks mark time
-    (epochs, unbonding) and show the committee is alive."""
-    tx_forward_ms: int = 50
-    """Transactions clients hand us are forwarded to the other members in batches this often."""
-    sync_interval_ms: int = 1_000
-    clock_drift_max_ms: int = 10_000
-    snapshot_every: int = 10
-    """Persist the whole state with every this-many blocks (restart cost vs disk traffic)."""
-    recent_blocks_kept: int = 64
-    """Committed blocks held in memory to push to members that fall behind."""
-    future_statements_max: int = 4_096
-
-    def __post_init__(self) -> None:
-        if not 0 < self.block_txs_max <= BLOCK_TXS_MAX:
-            raise ValueError(f"block_txs_max must be 1..{BLOCK_TXS_MAX}")
-        if not 0 < self.block_bytes_max <= BLOCK_BYTES_MAX:
-            raise ValueError(f"block_bytes_max must be 1..{BLOCK_BYTES_MAX}")
-        if self.empty_block_ms >= self.bft.timeout_propose_ms:
-            raise ValueError("empty_block_ms must be below bft.timeout_propose_ms")
-
-
-@dataclass(frozen=True)
-class FrameIn:
-    """A frame on the consensus protocol from the member with account key `sender`."""
-
-    sender: bytes
-    data: bytes
-
-
-@dataclass(frozen=True)
-class ClientTx:
-    """A transaction a client submitted; answered by a `TxVerdict` with the same ticket."""
-
-    data: bytes
-    ticket: int
-
-
-@dataclass(frozen=True)
-class SyncReply:
-    sender: bytes
-    data: bytes
-
-
-@dataclass(frozen=True)
-class EngineTick:
-    pass
-
-
-EngineInput = FrameIn | ClientTx | SyncReply | EngineTick
-
-
-@dataclass(frozen=True)
-class SendFrame:
-    to: bytes
-    frame: bytes
-
-
-@dataclass(frozen=True)
-class RequestSync:
-    to: bytes
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class CommitBlock:
-    height: int
-    block_hash: bytes
-    block: bytes
-    cert: bytes
-    state_root: bytes
-    snapshot: bytes | None
-    txs: int
-    rejected: int
-
-
-@dataclass(frozen=True)
-class TxVerdict:
-    ticket: int
-    accepted: bool
-    code: str
-    reason: str
-
-
-EngineAction = Persist | CommitBlock | SendFrame | RequestSync | TxVerdict
-
-
-@dataclass
-class EngineReady:
-    actions: list[EngineAction] = field(default_factory=list)
-    events: list[tuple[str, dict[str, int | str]]] = field(default_factory=list)
-    wake_at_ms: int = 0
-
+__all__ = [
+    "ClientTx",
+    "CommitBlock",
+    "ConsensusEngine",
+    "EngineAction",
+    "EngineConfig",
+    "EngineInput",
+    "EngineReady",
+    "EngineTick",
+    "FrameIn",
+    "RequestSync",
+    "SendFrame",
+    "SyncReply",
+    "TxVerdict",
+]
 
 # -- the engine ---------------------------------------------------------------------------------
 
@@ -276,7 +203,7 @@ class ConsensusEngine(App):
 
     # -- frames from members ----------------------------------------------------------------
 
-    def _on_frame(self, now_ms: int, sender: bytes, data: bytes) -> None:
+    def _on_frame(self, now_ms: int, sender: bytes, data: bytes, *, nested: bool = False) -> None:
         try:
             tag, payload = decode_frame(data)
             if tag == TAG_VOTE:
@@ -292,6 +219,9 @@ class ConsensusEngine(App):
                     self._admit(tx)
             elif tag == TAG_BLOCKS:
                 self._on_blocks(now_ms, sender, payload)
+            elif tag == TAG_BATCH and not nested:
+                for inner in split_batch(payload):
+                    self._on_frame(now_ms, sender, inner, nested=True)
             elif tag == TAG_RELAY:
                 for env in Relay.decode(payload, max_bytes=len(payload)).statements:
                     if env not in self._seen:

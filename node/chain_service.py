@@ -43,6 +43,7 @@ from consensus.bft.messages import (
     CommittedBlock,
     SyncRequest,
     TxReply,
+    encode_batch,
 )
 from consensus.bft.tendermint import Persist
 from consensus.engine import (
@@ -169,7 +170,9 @@ class ChainService:
             )
             async with trio.open_nursery() as nursery:
                 self._transport = transport
-                self._senders = PeerSenders(transport, PROTOCOL_CONSENSUS, nursery)
+                self._senders = PeerSenders(
+                    transport, PROTOCOL_CONSENSUS, nursery, batch=encode_batch
+                )
                 transport.set_request_handler(PROTOCOL_CONSENSUS, self._serve_consensus)
                 transport.set_request_handler(PROTOCOL_SYNC, self._serve_sync)
                 transport.set_request_handler(PROTOCOL_TX, self._serve_tx)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -21,6 +22,9 @@ from p2p.identity import short_peer
 from p2p.transport import MessageTooLarge, PeerId, RequestFailed, Transport
 
 QUEUE_MAX = 256
+BATCH_FRAMES = 64
+BATCH_BYTES = 1024 * 1024
+"""At most this much of a peer's backlog goes out as one request (when a `batch` is given)."""
 TRIES = 3
 BACKOFF_S = (0.1, 0.3)
 """Pause after the first and the second failed try."""
@@ -36,6 +40,8 @@ class SenderStats:
     dropped_failed: int = 0
     """Frames given up after every try failed."""
     retries: int = 0
+    batched: int = 0
+    """Frames that went out inside a batch with others."""
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -57,8 +63,12 @@ class PeerSenders:
         nursery: trio.Nursery,
         *,
         queue_max: int = QUEUE_MAX,
+        batch: Callable[[list[bytes]], bytes] | None = None,
     ) -> None:
+        """`batch`: how to wrap several queued frames into one (the protocol's own batch
+        frame); without it, frames go one request each."""
         self._transport, self._protocol, self._nursery = transport, protocol, nursery
+        self._batch = batch
         self._queue_max = queue_max
         self._queues: dict[PeerId, _Queue] = {}
         self.stats = SenderStats()
@@ -85,9 +95,20 @@ class PeerSenders:
             while not q.frames:
                 await q.wake.wait()
                 q.wake = trio.Event()
-            await self._deliver(peer, q.frames.popleft())
+            frames = [q.frames.popleft()]
+            size = len(frames[0])
+            while self._batch is not None and q.frames and len(frames) < BATCH_FRAMES:
+                if size + len(q.frames[0]) > BATCH_BYTES:
+                    break
+                size += len(q.frames[0])
+                frames.append(q.frames.popleft())
+            if len(frames) > 1 and self._batch is not None:
+                self.stats.batched += len(frames)
+                await self._deliver(peer, self._batch(frames), len(frames))
+            else:
+                await self._deliver(peer, frames[0])
 
-    async def _deliver(self, peer: PeerId, frame: bytes) -> None:
+    async def _deliver(self, peer: PeerId, frame: bytes, count: int = 1) -> None:
         reason = ""
         for attempt in range(TRIES):
             if attempt:
@@ -103,9 +124,9 @@ class PeerSenders:
             except RequestFailed as exc:
                 reason = exc.reason
                 continue
-            self.stats.sent += 1
+            self.stats.sent += count
             return
-        self.stats.dropped_failed += 1
+        self.stats.dropped_failed += count
         log_event(
             self._log,
             "frame_send_failed",

@@ -75,10 +75,7 @@ from sim_harness.faults import (
     Pause,
     Restart,
     Resume,
-    draw_swarm_faults,
-    liveness_heals,
     next_state,
-    plan_faults,
 )
 from sim_harness.network import LinkSchedule, base_latency_ms, mesh_from_adjacency
 from sim_harness.scenario import ConsensusSpec, Scenario
@@ -87,6 +84,7 @@ from sim_harness.simulator import (
     SimMetrics,
     SimResult,
     derive_seed,
+    plan_for,
     replay_command,
 )
 
@@ -218,15 +216,7 @@ class ConsensusSimulator:
     # -- setup ----------------------------------------------------------------------------------
 
     def _plan_faults(self) -> tuple[Fault, ...]:
-        sc, names = self.scenario, self.names
-        faults = list(sc.faults)
-        if sc.swarm.enabled:
-            behaviours = sc.swarm.behaviours or tuple(sorted(CONSENSUS_BYZANTINE))
-            rng = random.Random(derive_seed(self.seed, "swarm"))
-            faults += draw_swarm_faults(sc.swarm, names, sc.duration_ms, rng, behaviours)
-        plan = plan_faults(faults, names, random.Random(derive_seed(self.seed, "faults")))
-        plan = tuple(f for f in plan if f.at_ms < sc.duration_ms)
-        return plan + liveness_heals(plan, names, sc.duration_ms)
+        return plan_for(self.scenario, self.seed, tuple(sorted(CONSENSUS_BYZANTINE)))
 
     def _schedule_start(self) -> None:
         boot_rng = random.Random(derive_seed(self.seed, "boot"))

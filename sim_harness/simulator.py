@@ -131,6 +131,21 @@ def replay_command(scenario: Scenario, seed: int) -> str:
     return f"gpumesh sim run {shlex.quote(scenario.path or scenario.name)} --seed {seed}"
 
 
+def plan_for(scenario: Scenario, seed: int, behaviours: tuple[str, ...]) -> tuple[Fault, ...]:
+    """A run's fault timeline: the scenario's (plus the seed's, in swarm mode, drawing
+    Byzantine nodes from `behaviours` unless the scenario names its own), resolved, then
+    the heals that open the liveness phase for whatever the safety phase broke."""
+    names = scenario.node_names
+    faults = list(scenario.faults)
+    if scenario.swarm.enabled:
+        chosen = scenario.swarm.behaviours or behaviours
+        rng = random.Random(derive_seed(seed, "swarm"))
+        faults += draw_swarm_faults(scenario.swarm, names, scenario.duration_ms, rng, chosen)
+    plan = plan_faults(faults, names, random.Random(derive_seed(seed, "faults")))
+    plan = tuple(f for f in plan if f.at_ms < scenario.duration_ms)
+    return plan + liveness_heals(plan, names, scenario.duration_ms)
+
+
 @dataclass(frozen=True)
 class SimMetrics:
     delivery_latency_ms: list[int]
@@ -280,17 +295,7 @@ class Simulator:
         return out
 
     def _plan_faults(self) -> tuple[Fault, ...]:
-        """The scenario's timeline (plus the seed's, in swarm mode), resolved, then the heals
-        that open the liveness phase for whatever the safety phase broke."""
-        sc, names = self.scenario, self.names
-        faults = list(sc.faults)
-        if sc.swarm.enabled:
-            behaviours = sc.swarm.behaviours or tuple(sorted(BYZANTINE))
-            rng = random.Random(derive_seed(self.seed, "swarm"))
-            faults += draw_swarm_faults(sc.swarm, names, sc.duration_ms, rng, behaviours)
-        plan = plan_faults(faults, names, random.Random(derive_seed(self.seed, "faults")))
-        plan = tuple(f for f in plan if f.at_ms < sc.duration_ms)
-        return plan + liveness_heals(plan, names, sc.duration_ms)
+        return plan_for(self.scenario, self.seed, tuple(sorted(BYZANTINE)))
 
     def _knobs(self) -> tuple[LinkKnobs, float]:
         net, sw = self.scenario.network, self.scenario.swarm

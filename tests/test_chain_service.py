@@ -236,3 +236,26 @@ async def test_peer_senders_retry_then_drop_and_bound_their_queues(autojump_cloc
         assert got == [bytes([i]) for i in range(2, 6)]
         assert senders.stats.dropped_queue_full == 2 and senders.stats.sent == 4
         nursery.cancel_scope.cancel()
+
+
+async def test_peer_senders_send_a_backlog_as_one_batch(autojump_clock: object) -> None:
+    net = MemoryNetwork()
+    async with net.open(A) as ta, net.open(B) as tb, trio.open_nursery() as nursery:
+        got: list[bytes] = []
+
+        async def handler(peer: str, data: bytes) -> bytes:
+            got.append(data)
+            return b"ok"
+
+        tb.set_request_handler("/t", handler)
+        await ta.connect(tb.listen_addrs[0])
+        senders = PeerSenders(ta, "/t", nursery, batch=lambda fs: b"|".join(fs))
+        for i in range(5):  # queued before the sender task runs: one request carries them
+            senders.send(B.peer_id, bytes([65 + i]))
+        await trio.sleep(1)
+        assert got == [b"A|B|C|D|E"]
+        assert senders.stats.sent == 5 and senders.stats.batched == 5
+        senders.send(B.peer_id, b"F")  # a lone frame goes as it is
+        await trio.sleep(1)
+        assert got[-1] == b"F" and senders.stats.sent == 6
+        nursery.cancel_scope.cancel()

@@ -10,6 +10,7 @@ safety. Frames on `PROTOCOL_CONSENSUS` are `[tag, payload]`:
 | 1 | a signed `Vote` envelope | prevotes and precommits |
 | 4 | `[Proposal envelope, block, [prevotes]]` | the proposal, its block, its POL prevotes |
 | 5 | `Relay` | statements of others we accepted at this height, passed on once a second |
+| 6 | `[frame, ...]` | frames queued for one peer, sent as one request (no batch inside) |
 
 A block proposed again (a proof-of-lock round) travels with the prevotes of that round, so a
 member that missed them can still accept it. Relaying (tag 5) is how equivocation is caught
@@ -40,8 +41,9 @@ PROTOCOL_TX = "/gpumesh/tx/1.0.0"
 FRAME_BYTES_MAX = BLOCK_BYTES_MAX + 64 * 1024
 SYNC_BLOCKS_MAX = 256
 RELAY_MAX = 4_096
-TAG_VOTE, TAG_TXS, TAG_BLOCKS, TAG_PROPOSAL, TAG_RELAY = 1, 2, 3, 4, 5
-TAGS = (TAG_VOTE, TAG_TXS, TAG_BLOCKS, TAG_PROPOSAL, TAG_RELAY)
+TAG_VOTE, TAG_TXS, TAG_BLOCKS, TAG_PROPOSAL, TAG_RELAY, TAG_BATCH = 1, 2, 3, 4, 5, 6
+TAGS = (TAG_VOTE, TAG_TXS, TAG_BLOCKS, TAG_PROPOSAL, TAG_RELAY, TAG_BATCH)
+BATCH_FRAMES_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,7 @@ def decode_frame(data: bytes) -> tuple[int, bytes]:
     if not (isinstance(raw, list) and len(raw) == 2):
         raise DecodeError("consensus frame: expected [tag, payload]")
     tag, payload = raw
-    if tag not in (TAG_VOTE, TAG_TXS, TAG_BLOCKS, TAG_PROPOSAL, TAG_RELAY) or not isinstance(
-        payload, bytes
-    ):
+    if tag not in TAGS or not isinstance(payload, bytes):
         raise DecodeError(f"consensus frame: unknown tag {tag!r} or payload not bytes")
     return tag, payload
 
@@ -120,3 +120,18 @@ def split_proposal_payload(payload: bytes) -> tuple[bytes, bytes, tuple[bytes, .
     if len(pol) > RELAY_MAX or not all(isinstance(v, bytes) for v in pol):
         raise DecodeError("proposal frame: bad proof-of-lock votes")
     return env, block, tuple(v for v in pol if isinstance(v, bytes))
+
+
+def encode_batch(frames: list[bytes]) -> bytes:
+    """Frames waiting for one peer, as one frame: a stream per request is the dearest part
+    of a py-libp2p send, so a burst (a vote and a relay, a proposal and its votes) costs one."""
+    return encode_frame(TAG_BATCH, codec.pack(list(frames)))
+
+
+def split_batch(payload: bytes) -> list[bytes]:
+    raw = codec.unpack(payload, max_bytes=FRAME_BYTES_MAX)
+    if not isinstance(raw, list) or len(raw) > BATCH_FRAMES_MAX:
+        raise DecodeError("batch frame: expected an array of frames")
+    if not all(isinstance(f, bytes) for f in raw):
+        raise DecodeError("batch frame: every item must be a frame's bytes")
+    return [f for f in raw if isinstance(f, bytes)]
