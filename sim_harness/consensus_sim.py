@@ -85,7 +85,7 @@ from sim_harness.simulator import (
     SimResult,
     derive_seed,
     plan_for,
-    replay_command,
+    result_of,
 )
 
 US = 1_000
@@ -632,15 +632,7 @@ class ConsensusSimulator:
         metrics = SimMetrics(list(self._latency), self._convergence, self._faults_log,
                              dict(sorted(self.counts.items())), list(self.crashes),
                              self.phase_end_ms)  # fmt: skip
-        return SimResult(
-            seed=self.seed, scenario_name=self.scenario.name,
-            scenario_path=self.scenario.path or self.scenario.name, nodes=len(self.names),
-            sim_ms=self.end_ms, wall_s=wall_s, events=self.events,
-            trace_sha256=self._hash.hexdigest(), state_sha256=self.state_digest(),
-            checkers=verdicts, ok=all(v.ok for v in verdicts.values()),
-            replay_command=replay_command(self.scenario, self.seed), metrics=metrics,
-            trace=self.trace,
-        )  # fmt: skip
+        return result_of(self, wall_s, verdicts, metrics, self._hash.hexdigest())
 
 
 def simulator_for(scenario: Scenario, seed: int, **kwargs: Any) -> Any:

@@ -131,6 +131,21 @@ def replay_command(scenario: Scenario, seed: int) -> str:
     return f"gpumesh sim run {shlex.quote(scenario.path or scenario.name)} --seed {seed}"
 
 
+def result_of(
+    sim: Any, wall_s: float, verdicts: dict[str, Verdict], metrics: SimMetrics, trace_sha: str
+) -> SimResult:
+    """The `SimResult` of a finished run, for either simulator (they share these fields:
+    seed, scenario, names, end_ms, events, state_digest(), trace)."""
+    sc = sim.scenario
+    return SimResult(
+        seed=sim.seed, scenario_name=sc.name, scenario_path=sc.path or sc.name,
+        nodes=len(sim.names), sim_ms=sim.end_ms, wall_s=wall_s, events=sim.events,
+        trace_sha256=trace_sha, state_sha256=sim.state_digest(), checkers=verdicts,
+        ok=all(v.ok for v in verdicts.values()), replay_command=replay_command(sc, sim.seed),
+        metrics=metrics, trace=sim.trace,
+    )  # fmt: skip
+
+
 def plan_for(scenario: Scenario, seed: int, behaviours: tuple[str, ...]) -> tuple[Fault, ...]:
     """A run's fault timeline: the scenario's (plus the seed's, in swarm mode, drawing
     Byzantine nodes from `behaviours` unless the scenario names its own), resolved, then
@@ -684,12 +699,4 @@ class Simulator:
         messages.update({f"verdict_{k}": v for k, v in sorted(verdict_counts.items())})
         metrics = SimMetrics(self._latency, self._convergence, self._faults_log, messages,
                              list(self.crashes), self.phase_end_ms)  # fmt: skip
-        return SimResult(
-            seed=self.seed, scenario_name=self.scenario.name,
-            scenario_path=self.scenario.path or self.scenario.name, nodes=len(self.names),
-            sim_ms=self.end_ms, wall_s=wall_s, events=self.events,
-            trace_sha256=self._hash.hexdigest(), state_sha256=self.state_digest(),
-            checkers=verdicts, ok=all(v.ok for v in verdicts.values()),
-            replay_command=replay_command(self.scenario, self.seed), metrics=metrics,
-            trace=self.trace,
-        )  # fmt: skip
+        return result_of(self, wall_s, verdicts, metrics, self._hash.hexdigest())
