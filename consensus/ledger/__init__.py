@@ -6,6 +6,7 @@ check), `apply` (transactions and blocks), `staking` (pools, unbonding, slashing
 `genesis` (the genesis file), `snapshot` (state from its canonical bytes), `errors`.
 """
 
+from consensus.ledger import jobs as _jobs  # noqa: F401 - registers kinds 16, 17 and expiry
 from consensus.ledger.apply import (
     BlockContext,
     BlockOutcome,

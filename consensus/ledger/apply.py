@@ -147,6 +147,19 @@ def register_tx_handler(cls: type[LedgerTx], handler: Handler) -> None:
     TX_HANDLERS[cls] = handler
 
 
+BlockHook = Callable[[LedgerState, BlockContext], None]
+BLOCK_HOOKS: dict[str, BlockHook] = {}
+"""Steps every block runs after its transactions, in name order (job expiry, ...). They must
+not fail: a hook changes state only in ways that cannot be refused."""
+
+
+def register_block_hook(name: str, hook: BlockHook) -> None:
+    """Let a ledger module add a per-block step; each name once."""
+    if name in BLOCK_HOOKS and BLOCK_HOOKS[name] is not hook:
+        raise ValueError(f"block hook {name!r} already registered")
+    BLOCK_HOOKS[name] = hook
+
+
 def _validate(
     state: LedgerState, tx: Tx, ctx: BlockContext, tally: BlockTally | None
 ) -> tuple[Effect, bytes]:
@@ -248,6 +261,8 @@ def apply_block(
             digest = hashlib.sha256(data).digest()
             rejected.append(Rejection(index, digest, exc.code, exc.reason))
     state.height = ctx.height
+    for name in sorted(BLOCK_HOOKS):
+        BLOCK_HOOKS[name](state, ctx)
     epoch = end_epoch(state, ctx) if ends_epoch(state, ctx.height) else None
     state.check_conservation()
     return BlockOutcome(ctx.height, tuple(receipts), tuple(rejected), epoch, state.state_root())

@@ -44,6 +44,13 @@ class TxCode(enum.Enum):
     ALREADY_PENDING = "already_pending"
     """The mempool holds this transaction, or another with the same sender and nonce."""
     MEMPOOL_FULL = "mempool_full"
+    BAD_JOB = "bad_job"
+    """Unknown workload kind, or zero GPUs or replicas."""
+    DEADLINE_PASSED = "deadline_passed"
+    UNKNOWN_JOB = "unknown_job"
+    NOT_SUBMITTER = "not_submitter"
+    """Only the account that submitted a job may cancel it."""
+    JOB_NOT_PENDING = "job_not_pending"
 
 
 class InvalidTransaction(ValueError):

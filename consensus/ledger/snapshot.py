@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from consensus.ledger.job_records import JobRecord
 from consensus.ledger.params import BPS, LedgerParams
 from consensus.ledger.state import (
     STATE_FORMAT,
@@ -72,6 +73,12 @@ class EscrowRow(Struct):
 
 
 @dataclass(frozen=True)
+class JobRow(Struct):
+    job_id: bytes = wire_field(_key())
+    record: JobRecord = wire_field(Nested(JobRecord))  # noqa: RUF009
+
+
+@dataclass(frozen=True)
 class StateSnapshot(Struct):
     """The schema of `LedgerState.to_wire()`, field for field."""
 
@@ -91,6 +98,7 @@ class StateSnapshot(Struct):
     unbonding: tuple[UnbondingRow, ...] = wire_field(Seq(Nested(UnbondingRow), ROWS_MAX))
     escrows: tuple[EscrowRow, ...] = wire_field(Seq(Nested(EscrowRow), ROWS_MAX))
     evidence_seen: tuple[bytes, ...] = wire_field(Seq(_key(), ROWS_MAX))
+    jobs: tuple[JobRow, ...] = wire_field(Seq(Nested(JobRow), ROWS_MAX))
 
     def invariant_violation(self) -> str | None:
         if self.format != STATE_FORMAT:
@@ -129,6 +137,7 @@ def decode_state(data: bytes, *, max_bytes: int = SNAPSHOT_BYTES_MAX) -> LedgerS
         ],
         escrows={r.job_id: Escrow(r.payer, r.amount) for r in snap.escrows},
         evidence_seen=set(snap.evidence_seen),
+        jobs={r.job_id: r.record for r in snap.jobs},
     )
     if state.encode() != data:
         raise DecodeError("state snapshot is not canonical (unsorted or repeated keys)")

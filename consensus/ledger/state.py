@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from consensus.committee import Committee, select_committee
 from consensus.ledger.errors import ConservationError
+from consensus.ledger.job_records import JobRecord
 from consensus.ledger.params import LedgerParams
 from p2p import codec
 
@@ -102,6 +103,8 @@ class LedgerState:
     escrows: dict[bytes, Escrow] = field(default_factory=dict)
     evidence_seen: set[bytes] = field(default_factory=set)
     """Digests of slashing evidence already punished: the same fault is punished once."""
+    jobs: dict[bytes, JobRecord] = field(default_factory=dict)
+    """job id -> its record (consensus.ledger.jobs); rows are frozen, replaced on change."""
 
     # -----------------------------------------------------------------------------------------
     # Reading
@@ -249,6 +252,7 @@ class LedgerState:
             unbonding=[UnbondingEntry(**vars(e)) for e in self.unbonding],
             escrows=dict(self.escrows),
             evidence_seen=set(self.evidence_seen),
+            jobs=dict(self.jobs),
         )
 
     # -----------------------------------------------------------------------------------------
@@ -285,6 +289,7 @@ class LedgerState:
             [[e.account, e.operator, e.amount, e.release_epoch] for e in self.unbonding],
             [[j, e.payer, e.amount] for j, e in sorted(self.escrows.items())],
             sorted(self.evidence_seen),
+            [[j, r.to_wire()] for j, r in sorted(self.jobs.items())],
         ]
 
     def encode(self) -> bytes:

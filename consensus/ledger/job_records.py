@@ -1,0 +1,126 @@
+"""Job records of the ledger: the `SubmitJob` and `CancelJob` transactions (kinds 16, 17),
+a job's status and its row in the jobs table, and how job ids are formed.
+
+A leaf module (it imports only the transaction base and the wire layer) because the state
+(`state.py`, whose root covers the jobs table) and the snapshot reader need these types, and
+the handlers (`jobs.py`) need the state. The rules live in `consensus.ledger.jobs`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+from consensus.ledger.tx import ACCOUNT_BYTES, LedgerTx
+from p2p.wire import Blob, Nested, Seq, Struct, Text, UInt, register, wire_field
+
+JOB_ID_BYTES = 32
+HASH_BYTES = 32
+JOB_KINDS = ("matmul", "render", "inference")
+"""The workloads a node can run (node/workloads); anything else is refused."""
+JOB_KIND_BYTES_MAX = 16
+PARAMS_BYTES_MAX = 512
+INPUTS_MAX = 16
+GPU_MODEL_BYTES_MAX = 64
+REGION_BYTES_MAX = 32
+GPUS_MAX = 64
+REDUNDANCY_MAX = 5
+MILLI = 1000
+JOB_ID_DOMAIN = b"gpumesh/job-id/v1"
+
+# ---------------------------------------------------------------------------------------------
+# Records (depend only on consensus.ledger.tx and p2p.wire: movable to a ledger leaf module)
+
+
+@register
+@dataclass(frozen=True)
+class SubmitJob(LedgerTx):
+    """Submit a job; its id is `job_id(chain, signer, nonce)`. The signer pays fee + max_cost.
+
+    The wire bounds the sizes; the ledger refuses an unknown `kind`, zero `gpus` or
+    `redundancy`, a deadline not above the current height and a zero budget."""
+
+    KIND = 16
+    VERSION = 1
+
+    kind: str = wire_field(Text(JOB_KIND_BYTES_MAX))
+    """"matmul", "render" or "inference"."""
+    params: bytes = wire_field(Blob(PARAMS_BYTES_MAX))
+    """The workload's parameters in their canonical bytes; opaque to the ledger."""
+    inputs: tuple[bytes, ...] = wire_field(Seq(Blob(HASH_BYTES, HASH_BYTES), INPUTS_MAX))
+    """Content hashes of the inputs, in the order the workload takes them."""
+    gpu_model: str = wire_field(Text(GPU_MODEL_BYTES_MAX))
+    """Exact model name (case-insensitive when matched); "" takes any model."""
+    min_memory_mib: int = wire_field(UInt())
+    gpus: int = wire_field(UInt(GPUS_MAX))
+    """GPUs per replica, on one node: 1..64."""
+    region: str = wire_field(Text(REGION_BYTES_MAX))
+    """"" runs anywhere."""
+    max_rtt_ms: int = wire_field(UInt())
+    """Round-trip limit between node and submitter; 0 has no limit."""
+    redundancy: int = wire_field(UInt(REDUNDANCY_MAX))
+    """Replicas, each on a distinct operator: 1..5."""
+    deadline_height: int = wire_field(UInt())
+    """The job must be done before this height; at it, a pending job expires."""
+    max_price_per_gpu_hour: int = wire_field(UInt())
+    max_hours_milli: int = wire_field(UInt())
+    """The most GPU-time one GPU may bill, in thousandths of an hour."""
+
+    @property
+    def max_cost(self) -> int:
+        """What is escrowed: the price cap over every GPU of every replica for the most
+        hours, rounded down to whole base units."""
+        return (
+            self.max_price_per_gpu_hour * self.gpus * self.redundancy * self.max_hours_milli
+        ) // MILLI
+
+
+@register
+@dataclass(frozen=True)
+class CancelJob(LedgerTx):
+    """Withdraw a pending job before its deadline; the whole escrow returns to the signer."""
+
+    KIND = 17
+    VERSION = 1
+
+    job_id: bytes = wire_field(Blob(JOB_ID_BYTES, JOB_ID_BYTES))
+
+
+class JobStatus(enum.IntEnum):
+    """A job's place in its life. Committed values: they never change meaning."""
+
+    PENDING = 0
+    """Escrowed, waiting for the scheduler."""
+    CANCELLED = 1
+    """Withdrawn by the submitter; refunded."""
+    EXPIRED = 2
+    """Reached its deadline while pending; refunded."""
+
+
+@dataclass(frozen=True)
+class JobRecord(Struct):
+    """One row of the jobs table (keyed by job id). Frozen: a change replaces the row."""
+
+    submitter: bytes = wire_field(Blob(ACCOUNT_BYTES, ACCOUNT_BYTES))
+    submitted_height: int = wire_field(UInt())
+    status: int = wire_field(UInt(max(JobStatus)))
+    escrowed: int = wire_field(UInt())
+    """What was locked (the terms' max_cost); the escrow holds it while the job is pending."""
+    terms: SubmitJob = wire_field(Nested(SubmitJob))  # noqa: RUF009
+    """The transaction as submitted (its nonce and fee included)."""
+
+    @property
+    def pending(self) -> bool:
+        return self.status == JobStatus.PENDING
+
+
+def job_id(chain_id: bytes, submitter: bytes, nonce: int) -> bytes:
+    """The id of the job that `submitter`'s transaction with `nonce` submits on `chain_id`."""
+    return hashlib.sha256(
+        JOB_ID_DOMAIN
+        + len(chain_id).to_bytes(1, "big")
+        + chain_id
+        + submitter
+        + nonce.to_bytes(8, "big")
+    ).digest()
