@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar, TypeVar
 
@@ -164,6 +163,3 @@ class ConflictingVotes(_Equivocator):
         if not self.second_half(to):
             return [frame]
         return [self._rewrite(frame, on_vote=True, on_proposal=False)]
-
-
-BehaviourFactory = Callable[[ConsensusByzContext], ConsensusBehaviour]

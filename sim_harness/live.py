@@ -52,6 +52,7 @@ from sim_harness.faults import (
     plan_faults,
 )
 from sim_harness.scenario import Scenario
+from sim_harness.simulator import result_json
 from sim_harness.swarm import Swarm, SwarmError, SwarmNode, converged
 
 LIVE_NODES_MAX = 20
@@ -112,21 +113,9 @@ class LiveResult:
     state_sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        m = self.metrics
-        return {
-            "mode": "live", "seed": self.seed, "scenario": self.scenario_name,
-            "scenario_name": self.scenario_name, "scenario_path": self.scenario_path,
-            "nodes": self.nodes, "sim_ms": self.sim_ms, "wall_s": round(self.wall_s, 3),
-            "events": self.events, "trace_sha256": self.trace_sha256,
-            "state_sha256": self.state_sha256, "ok": self.ok, "replay": self.replay_command,
-            "checkers": {k: {"ok": v.ok, "detail": v.detail} for k, v in self.checkers.items()},
-            "metrics": {
-                "delivery_latency_ms": m.delivery_latency_ms,
-                "convergence": [list(x) for x in m.convergence],
-                "faults": [list(x) for x in m.faults], "messages": dict(m.messages),
-                "crashes": list(m.crashes), "phase_end_ms": m.phase_end_ms,
-            },
-        }  # fmt: skip
+        doc = result_json(self)
+        return {"mode": "live", **doc, "scenario_name": self.scenario_name,
+                "wall_s": round(self.wall_s, 3)}  # fmt: skip
 
 
 def live_timeline(scenario: Scenario) -> tuple[Fault, ...]:

@@ -131,6 +131,25 @@ def replay_command(scenario: Scenario, seed: int) -> str:
     return f"gpumesh sim run {shlex.quote(scenario.path or scenario.name)} --seed {seed}"
 
 
+def result_json(r: Any) -> dict[str, Any]:
+    """The JSON of a run's result; the live runner's result (sim_harness.live) has the same
+    fields and adds its own."""
+    m = r.metrics
+    return {
+        "seed": r.seed, "scenario": r.scenario_name, "scenario_path": r.scenario_path,
+        "nodes": r.nodes, "sim_ms": r.sim_ms, "wall_s": r.wall_s,
+        "events": r.events, "trace_sha256": r.trace_sha256,
+        "state_sha256": r.state_sha256, "ok": r.ok, "replay": r.replay_command,
+        "checkers": {k: {"ok": v.ok, "detail": v.detail} for k, v in r.checkers.items()},
+        "metrics": {
+            "delivery_latency_ms": m.delivery_latency_ms,
+            "convergence": [list(x) for x in m.convergence],
+            "faults": [list(x) for x in m.faults], "messages": dict(m.messages),
+            "crashes": list(m.crashes), "phase_end_ms": m.phase_end_ms,
+        },
+    }  # fmt: skip
+
+
 def result_of(
     sim: Any, wall_s: float, verdicts: dict[str, Verdict], metrics: SimMetrics, trace_sha: str
 ) -> SimResult:
@@ -190,20 +209,7 @@ class SimResult:
     trace: list[str] | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        m = self.metrics
-        return {
-            "seed": self.seed, "scenario": self.scenario_name, "scenario_path": self.scenario_path,
-            "nodes": self.nodes, "sim_ms": self.sim_ms, "wall_s": self.wall_s,
-            "events": self.events, "trace_sha256": self.trace_sha256,
-            "state_sha256": self.state_sha256, "ok": self.ok, "replay": self.replay_command,
-            "checkers": {k: {"ok": v.ok, "detail": v.detail} for k, v in self.checkers.items()},
-            "metrics": {
-                "delivery_latency_ms": m.delivery_latency_ms,
-                "convergence": [list(x) for x in m.convergence],
-                "faults": [list(x) for x in m.faults], "messages": dict(m.messages),
-                "crashes": list(m.crashes), "phase_end_ms": m.phase_end_ms,
-            },
-        }  # fmt: skip
+        return result_json(self)
 
 
 def derive_seed(seed: int, *labels: str | int) -> int:

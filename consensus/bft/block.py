@@ -12,7 +12,6 @@ import hashlib
 from dataclasses import dataclass
 
 from consensus.bft.votes import HASH_BYTES
-from p2p import codec
 from p2p.wire import PUBLIC_KEY_BYTES, Blob, Seq, Struct, UInt, wire_field
 
 BLOCK_TXS_MAX = 10_000
@@ -53,8 +52,3 @@ def block_hash_of(encoded: bytes) -> bytes:
 def decode_block(data: bytes) -> Block:
     """Strict decode of a block's canonical bytes; DecodeError otherwise."""
     return Block.decode(data, max_bytes=BLOCK_BYTES_MAX)
-
-
-def encoded_size(txs: tuple[bytes, ...]) -> int:
-    """Bytes the transactions add to a block (for batching under BLOCK_BYTES_MAX)."""
-    return len(codec.pack(list(txs)))

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -31,6 +30,7 @@ from p2p.keyfile import load_key_file
 from p2p.wire import sign
 from sim_harness.swarm import Swarm, SwarmNode, wait_exit
 from sim_harness.swarm_genesis import user_key_path
+from tests.integration.cli import gpumesh as run_gpumesh
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = 4
@@ -40,13 +40,7 @@ pytestmark = pytest.mark.slow
 
 
 def gpumesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
-        cwd=ROOT,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-    )
+    return run_gpumesh(*args, timeout=timeout)
 
 
 def http(node: SwarmNode, path: str, body: bytes | None = None, timeout_s: float = 10) -> Any:

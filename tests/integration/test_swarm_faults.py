@@ -11,8 +11,6 @@ answers as soon as the node's view satisfies the condition; nothing sleeps and h
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,29 +20,12 @@ from pathlib import Path
 import pytest
 
 from sim_harness.swarm import ADMIN_TOKEN_FILE, Swarm
+from tests.integration.cli import gpumesh, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = 4
 WAIT_S = 20.0
 pytestmark = pytest.mark.slow
-
-
-def gpumesh(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
-        cwd=ROOT,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-    )
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 # -- gpumesh swarm run (first: its own swarm, before the module's swarm starts) ---------
