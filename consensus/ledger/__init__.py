@@ -3,10 +3,15 @@
 Modules: `tx` (signed transaction records), `state` (the state, its root and the supply
 check), `apply` (transactions and blocks), `staking` (pools, unbonding, slashing), `escrow`
 (job escrow hooks for the market), `rewards` (the emission schedule and its split),
-`genesis` (the genesis file), `snapshot` (state from its canonical bytes), `errors`.
+`genesis` (the genesis file), `snapshot` (state from its canonical bytes), `errors`; the
+market's part: `job_records`/`market_records` (records), `jobs` (submit, cancel), `offers`
+(capacity on chain), `job_flow` (the per-block step: deadlines, timeouts, assignment),
+`job_results` (commit, reveal, verdict, settlement).
 """
 
-from consensus.ledger import jobs as _jobs  # noqa: F401 - registers kinds 16, 17 and expiry
+from consensus.ledger import job_results as _job_results  # noqa: F401 - kinds 19, 20
+from consensus.ledger import jobs as _jobs  # noqa: F401 - kinds 16, 17, the jobs block step
+from consensus.ledger import offers as _offers  # noqa: F401 - kind 18
 from consensus.ledger.apply import (
     BlockContext,
     BlockOutcome,

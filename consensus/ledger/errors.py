@@ -51,6 +51,14 @@ class TxCode(enum.Enum):
     NOT_SUBMITTER = "not_submitter"
     """Only the account that submitted a job may cancel it."""
     JOB_NOT_PENDING = "job_not_pending"
+    WRONG_PHASE = "wrong_phase"
+    """A commitment while the job is not collecting them, or a reveal before all are in."""
+    NOT_REPLICA = "not_replica"
+    """A result from a node that runs no replica of the job."""
+    ALREADY_DONE = "already_done"
+    """A second commitment or reveal from the same replica."""
+    BAD_REVEAL = "bad_reveal"
+    """The revealed digest and salt do not open the replica's commitment."""
 
 
 class InvalidTransaction(ValueError):

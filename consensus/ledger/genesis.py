@@ -21,7 +21,7 @@ from typing import Any
 
 from consensus.committee import COMMITTEE_SIZE_MAX
 from consensus.ledger.errors import GenesisError
-from consensus.ledger.params import BPS, TX_BYTES_MIN, EmissionParams, LedgerParams
+from consensus.ledger.params import BPS, TX_BYTES_MIN, EmissionParams, LedgerParams, MarketParams
 from consensus.ledger.state import PROTOCOL_ACCOUNT, LedgerState, Operator
 from p2p import codec
 from p2p.errors import InvalidRecord
@@ -48,6 +48,14 @@ EMISSION_RANGES: dict[str, tuple[int, int]] = {
     "initial_per_epoch": (0, U64_MAX),
     "halving_epochs": (1, 1_000_000_000),
     "max_supply": (0, U64_MAX),
+}
+MARKET_RANGES: dict[str, tuple[int, int]] = {
+    "commit_window_blocks": (1, 1_000_000),
+    "reveal_window_blocks": (1, 1_000_000),
+    "job_fee_bps": (0, BPS),
+    "no_show_slash_bps": (0, BPS),
+    "wrong_result_slash_bps": (0, BPS),
+    "tie_breakers_max": (0, 3),
 }
 OPERATOR_KEYS = ("account", "self_stake", "commission_bps")
 TOP_KEYS = ("chain_id", "params", "allocations", "operators")
@@ -136,23 +144,33 @@ def _parse(raw: dict[str, Any]) -> Genesis:
 
 def _params(raw: object) -> LedgerParams:
     table = _table(raw, "params")
-    _check_keys(table, "params", (*PARAM_RANGES, "emission"))
-    emission_raw = _table(table.get("emission", {}), "params.emission")
-    _check_keys(emission_raw, "params.emission", tuple(EMISSION_RANGES))
-    emission_values = {
-        key: _int(emission_raw[key], f"params.emission.{key}", *EMISSION_RANGES[key])
-        for key in EMISSION_RANGES
-        if key in emission_raw
-    }
+    _check_keys(table, "params", (*PARAM_RANGES, "emission", "market"))
+    emission_values = _sub_params(table, "emission", EMISSION_RANGES)
+    market_values = _sub_params(table, "market", MARKET_RANGES)
     values = {
         key: _int(table[key], f"params.{key}", *PARAM_RANGES[key])
         for key in PARAM_RANGES
         if key in table
     }
     try:
-        return LedgerParams(**values, emission=EmissionParams(**emission_values))
+        return LedgerParams(
+            **values,
+            emission=EmissionParams(**emission_values),
+            market=MarketParams(**market_values),
+        )
     except InvalidRecord as exc:  # the ranges above should make this unreachable
         raise _Problem("params", str(exc)) from None
+
+
+def _sub_params(
+    table: dict[str, Any], name: str, ranges: dict[str, tuple[int, int]]
+) -> dict[str, int]:
+    """The integers of the `params.<name>` table, each checked against its range."""
+    raw = _table(table.get(name, {}), f"params.{name}")
+    _check_keys(raw, f"params.{name}", tuple(ranges))
+    return {
+        key: _int(raw[key], f"params.{name}.{key}", *ranges[key]) for key in ranges if key in raw
+    }
 
 
 def _allocations(raw: object) -> tuple[tuple[bytes, int], ...]:

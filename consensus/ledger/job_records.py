@@ -8,12 +8,15 @@ the handlers (`jobs.py`) need the state. The rules live in `consensus.ledger.job
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
+from consensus.ledger.market_records import Replica
 from consensus.ledger.tx import ACCOUNT_BYTES, LedgerTx
-from p2p.wire import Blob, Nested, Seq, Struct, Text, UInt, register, wire_field
+from p2p.wire import Blob, Nested, Seq, Struct, Text, UInt, WireType, register, wire_field
 
 JOB_ID_BYTES = 32
 HASH_BYTES = 32
@@ -29,8 +32,9 @@ REDUNDANCY_MAX = 5
 MILLI = 1000
 JOB_ID_DOMAIN = b"gpumesh/job-id/v1"
 
-# ---------------------------------------------------------------------------------------------
-# Records (depend only on consensus.ledger.tx and p2p.wire: movable to a ledger leaf module)
+
+def _with_default(wire_type: WireType, default: object) -> Any:
+    return dataclasses.field(default=default, metadata={"wire": wire_type})
 
 
 @register
@@ -95,7 +99,22 @@ class JobStatus(enum.IntEnum):
     CANCELLED = 1
     """Withdrawn by the submitter; refunded."""
     EXPIRED = 2
-    """Reached its deadline while pending; refunded."""
+    """Reached its deadline before any replica was assigned; refunded."""
+    ASSIGNED = 3
+    """Replicas placed; they commit to their result digests (job_results.py)."""
+    REVEALING = 4
+    """Every replica committed; they open their commitments."""
+    SETTLED = 5
+    """A verdict was reached: the winners paid, the minority slashed, the rest refunded."""
+    FAILED = 6
+    """The deadline passed after assignment (or ties ran out of tie-breakers); refunded."""
+
+
+REASON_NONE = 255
+"""`JobRecord.last_reason` when the scheduler has not (or no longer) left the job out."""
+REPLICAS_MAX = REDUNDANCY_MAX + 3
+"""k replicas plus at most three tie-breakers."""
+EXCLUDED_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -109,10 +128,30 @@ class JobRecord(Struct):
     """What was locked (the terms' max_cost); the escrow holds it while the job is pending."""
     terms: SubmitJob = wire_field(Nested(SubmitJob))  # noqa: RUF009
     """The transaction as submitted (its nonce and fee included)."""
+    replicas: tuple[Replica, ...] = _with_default(Seq(Nested(Replica), REPLICAS_MAX), ())
+    """Current replicas, sorted by node; each carries its commit-reveal progress."""
+    excluded: tuple[bytes, ...] = _with_default(Seq(Blob(32, 32), EXCLUDED_MAX), ())
+    """Nodes that failed this job (no-show, withheld): never assigned to it again."""
+    tie_breakers: int = _with_default(UInt(3), 0)
+    """Extra replicas drawn to break ties so far."""
+    reroutes: int = _with_default(UInt(), 0)
+    phase_height: int = _with_default(UInt(), 0)
+    """When the current phase (assigned, revealing, back to pending) began."""
+    last_reason: int = _with_default(UInt(REASON_NONE), REASON_NONE)
+    """The scheduler's `Reason` code the last time it left the job out; REASON_NONE if it
+    never did or has since placed it."""
+    result_digest: bytes = _with_default(Blob(32), b"")
+    paid: int = _with_default(UInt(), 0)
+    """Paid to operators (after the fee)."""
+    fee_paid: int = _with_default(UInt(), 0)
+    refunded: int = _with_default(UInt(), 0)
+    billed_ms: int = _with_default(UInt(), 0)
+    closed_height: int = _with_default(UInt(), 0)
 
     @property
     def pending(self) -> bool:
-        return self.status == JobStatus.PENDING
+        """Waiting for its first assignment (cancellable)."""
+        return self.status == JobStatus.PENDING and not self.replicas and not self.reroutes
 
 
 def job_id(chain_id: bytes, submitter: bytes, nonce: int) -> bytes:

@@ -1,7 +1,8 @@
 """The rules of the job lifecycle in the ledger: submitting a job locks its maximum cost in
 escrow; the submitter may cancel it while it is pending and before its deadline (full
 refund); a pending job that reaches its deadline is refunded and marked expired in the block
-step. Assignment, attestation and settlement come next (the market issue).
+step (`job_flow`), which also assigns, times out and reroutes; results and settlement are
+in `job_results`.
 
 Job ids are `job_id(chain_id, submitter, nonce)`: a sender's nonces only go up, so ids are
 unique forever, anyone can compute one from a receipt (sender and nonce), and unlike an
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from consensus.ledger.apply import BlockContext, register_block_hook, register_tx_handler
+from consensus.ledger.apply import BlockContext, register_tx_handler
 from consensus.ledger.errors import InvalidTransaction, TxCode
 from consensus.ledger.escrow import escrow_lock, escrow_refund
+from consensus.ledger.job_flow import close_unsettled
 from consensus.ledger.job_records import (
     GPUS_MAX,
     JOB_KINDS,
@@ -25,6 +27,7 @@ from consensus.ledger.job_records import (
     SubmitJob,
     job_id,
 )
+from consensus.ledger.offers import OPEN_STATUSES
 from consensus.ledger.staking import Effect
 from consensus.ledger.state import LedgerState
 
@@ -66,16 +69,17 @@ def live_at(record: JobRecord, height: int) -> bool:
 
 
 def expire_jobs(state: LedgerState, height: int) -> tuple[bytes, ...]:
-    """Refund every pending job whose deadline is at or below `height` and mark it EXPIRED;
-    returns their ids, sorted. Never refuses (a pending job always holds its escrow). Runs in
-    every block after its transactions (`apply.register_block_hook`)."""
-    due = [j for j, r in pending_jobs(state) if r.terms.deadline_height <= height]
-    if not due:
-        return ()
+    """Close every open job whose deadline is at or below `height`: refunded, and EXPIRED if
+    it never got a replica, FAILED if it did (`job_flow.close_unsettled`); returns their ids,
+    sorted. Never refuses (an open job always holds its escrow). The block step runs it for
+    every block (`job_flow`, after the transactions)."""
     book = jobs_of(state)
+    due = [
+        j for j in sorted(book)
+        if book[j].status in OPEN_STATUSES and book[j].terms.deadline_height <= height
+    ]  # fmt: skip
     for j in due:
-        escrow_refund(state, j)
-        book[j] = replace(book[j], status=JobStatus.EXPIRED)
+        book[j] = close_unsettled(state, j, book[j])
     return tuple(due)
 
 
@@ -154,10 +158,5 @@ def _cancel(
     return effect
 
 
-def _expire_hook(state: LedgerState, ctx: BlockContext) -> None:
-    expire_jobs(state, ctx.height)
-
-
 register_tx_handler(SubmitJob, _submit)
 register_tx_handler(CancelJob, _cancel)
-register_block_hook("expire_jobs", _expire_hook)

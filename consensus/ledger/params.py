@@ -48,6 +48,30 @@ class EmissionParams(Struct):
 
 
 @dataclass(frozen=True)
+class MarketParams(Struct):
+    """The job lifecycle's windows (in blocks: the ledger's only clock), its fee and its
+    penalties. See consensus/ledger/job_flow.py and job_results.py."""
+
+    commit_window_blocks: int = _param(30, 1_000_000)
+    """Blocks an assigned replica has to commit to its result before it is a no-show."""
+    reveal_window_blocks: int = _param(15, 1_000_000)
+    """Blocks a committed replica has, once all have committed, to reveal."""
+    job_fee_bps: int = _param(500, BPS)
+    """The protocol's cut of every job payment."""
+    no_show_slash_bps: int = _param(100, BPS)
+    """Slashed from a replica that does not commit or does not reveal in time (no jail)."""
+    wrong_result_slash_bps: int = _param(1_000, BPS)
+    """Slashed from a replica on the losing side of a majority verdict (and jailed)."""
+    tie_breakers_max: int = _param(2, 3)
+    """Extra replicas a job may draw to break ties before it fails."""
+
+    def invariant_violation(self) -> str | None:
+        if self.commit_window_blocks == 0 or self.reveal_window_blocks == 0:
+            return "commit_window_blocks and reveal_window_blocks must be at least 1"
+        return None
+
+
+@dataclass(frozen=True)
 class LedgerParams(Struct):
     """Every knob of the ledger. Units are in the names; amounts are base units."""
 
@@ -68,6 +92,9 @@ class LedgerParams(Struct):
     tx_bytes_max: int = _param(1024, 1024 * 1024)
     emission: EmissionParams = dataclasses.field(
         default_factory=EmissionParams, metadata={"wire": Nested(EmissionParams)}
+    )
+    market: MarketParams = dataclasses.field(
+        default_factory=MarketParams, metadata={"wire": Nested(MarketParams)}
     )
 
     def invariant_violation(self) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from consensus.ledger.job_records import JobRecord
+from consensus.ledger.market_records import Offer
 from consensus.ledger.params import BPS, LedgerParams
 from consensus.ledger.state import (
     STATE_FORMAT,
@@ -79,6 +80,12 @@ class JobRow(Struct):
 
 
 @dataclass(frozen=True)
+class OfferRow(Struct):
+    node: bytes = wire_field(_key())
+    offer: Offer = wire_field(Nested(Offer))  # noqa: RUF009
+
+
+@dataclass(frozen=True)
 class StateSnapshot(Struct):
     """The schema of `LedgerState.to_wire()`, field for field."""
 
@@ -99,6 +106,7 @@ class StateSnapshot(Struct):
     escrows: tuple[EscrowRow, ...] = wire_field(Seq(Nested(EscrowRow), ROWS_MAX))
     evidence_seen: tuple[bytes, ...] = wire_field(Seq(_key(), ROWS_MAX))
     jobs: tuple[JobRow, ...] = wire_field(Seq(Nested(JobRow), ROWS_MAX))
+    offers: tuple[OfferRow, ...] = wire_field(Seq(Nested(OfferRow), ROWS_MAX))
 
     def invariant_violation(self) -> str | None:
         if self.format != STATE_FORMAT:
@@ -138,6 +146,7 @@ def decode_state(data: bytes, *, max_bytes: int = SNAPSHOT_BYTES_MAX) -> LedgerS
         escrows={r.job_id: Escrow(r.payer, r.amount) for r in snap.escrows},
         evidence_seen=set(snap.evidence_seen),
         jobs={r.job_id: r.record for r in snap.jobs},
+        offers={r.node: r.offer for r in snap.offers},
     )
     if state.encode() != data:
         raise DecodeError("state snapshot is not canonical (unsorted or repeated keys)")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from consensus.committee import Committee, select_committee
 from consensus.ledger.errors import ConservationError
 from consensus.ledger.job_records import JobRecord
+from consensus.ledger.market_records import Offer
 from consensus.ledger.params import LedgerParams
 from p2p import codec
 
@@ -105,6 +106,8 @@ class LedgerState:
     """Digests of slashing evidence already punished: the same fault is punished once."""
     jobs: dict[bytes, JobRecord] = field(default_factory=dict)
     """job id -> its record (consensus.ledger.jobs); rows are frozen, replaced on change."""
+    offers: dict[bytes, Offer] = field(default_factory=dict)
+    """node -> its committed capacity offer (consensus.ledger.offers); frozen rows."""
 
     # -----------------------------------------------------------------------------------------
     # Reading
@@ -253,6 +256,7 @@ class LedgerState:
             escrows=dict(self.escrows),
             evidence_seen=set(self.evidence_seen),
             jobs=dict(self.jobs),
+            offers=dict(self.offers),
         )
 
     # -----------------------------------------------------------------------------------------
@@ -290,6 +294,7 @@ class LedgerState:
             [[j, e.payer, e.amount] for j, e in sorted(self.escrows.items())],
             sorted(self.evidence_seen),
             [[j, r.to_wire()] for j, r in sorted(self.jobs.items())],
+            [[n, o.to_wire()] for n, o in sorted(self.offers.items())],
         ]
 
     def encode(self) -> bytes:

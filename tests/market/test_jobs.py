@@ -38,6 +38,7 @@ from consensus.market.jobs import (
     job_request,
     pending_jobs,
 )
+from consensus.market.scheduler import Reason
 from p2p.errors import InvalidRecord
 from p2p.identity import Identity
 from p2p.wire import Record, sign
@@ -141,7 +142,9 @@ def test_submit_locks_exactly_max_cost_and_records_the_job() -> None:
     assert state.totals().escrowed == 9_000
     assert state.balance(PROTOCOL_ACCOUNT) == protocol + FEE
     stored = get_job(state, job)
-    assert stored == JobRecord(ALICE.public_key, 1, JobStatus.PENDING, 9_000, record)
+    # The block step tried to schedule it at once and recorded why it could not: no offers.
+    expected = JobRecord(ALICE.public_key, 1, JobStatus.PENDING, 9_000, record)
+    assert stored == replace(expected, last_reason=Reason.NO_NODES)
     assert pending_jobs(state) == [(job, stored)]
 
 
