@@ -431,8 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sim_commands(sub)
     from node.cli_chain import add_chain_commands
+    from node.cli_job import add_job_commands
 
     add_chain_commands(sub)
+    add_job_commands(sub)
     return p
 
 

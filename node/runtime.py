@@ -9,6 +9,7 @@ Structured concurrency throughout: one nursery per node, services started with
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -42,7 +43,9 @@ from node.core import (
     Ready,
     Tick,
 )
+from node.job_runner import JobRunner, WantedOffer
 from node.logs import LOGGER_NAME, log_event
+from node.market_http import is_market_path, market_api, serve_market
 from node.metrics import NodeMetrics
 from node.status_http import AdminApi, ChainApi, StatusApp, read_admin_token, serve_status
 from p2p.announcements import TOPIC_CAPACITY, BookConfig, gossip_validator
@@ -155,6 +158,15 @@ class NodeRuntime:
                 addrs_of=self._addrs_of,
                 dial=lambda peer, addrs: self._dial(Dial(peer, addrs)),
             )
+        self.jobs: JobRunner | None = None
+        if self.chain is not None:
+            wanted = WantedOffer(
+                capacity.gpus, config.node.region, config.capacity.price_per_gpu_hour
+            )
+            self.jobs = JobRunner(
+                identity, self.chain, config.chain_data_dir / "results", wanted,
+                on_change=self._changed,
+            )  # fmt: skip
         self.transport: Transport | None = None
         self.metrics: NodeMetrics | None = None
         self.status_app: StatusApp | None = None
@@ -181,6 +193,10 @@ class NodeRuntime:
                 c = self.chain
                 chain_api = ChainApi(c.account, c.ledger, c.submit_tx, c.block, c.tx_pending)
             self.status_app = StatusApp(self._snapshot, self.metrics.render, admin, chain_api)
+            if self.chain is not None and self.jobs is not None:
+                market = market_api(self.chain, self.jobs)
+                self.status_app.market = functools.partial(serve_market, market)
+                self.status_app.market_paths = is_market_path
             inbox_send, inbox = trio.open_memory_channel[Input](INBOX_MAX)
             chain_id, book_cfg = cfg.node.chain_id.encode(), self.core.config.book
             gossip = await transport.subscribe(
@@ -193,6 +209,8 @@ class NodeRuntime:
                 nursery.start_soon(self._pump_gpu_load, inbox_send.clone())
             if self.chain is not None:
                 await nursery.start(self.chain.run, transport)
+            if self.jobs is not None:
+                await nursery.start(self.jobs.run, transport)
             host, port = cfg.status.host, cfg.status.port
             bound = await nursery.start(serve_status, self.status_app, host, port)
             for addr in cfg.network.bootstrap:

@@ -6,12 +6,13 @@ long-poll (`?wait_peers=N&wait_nodes=M&wait_nodes_max=K&timeout_ms=T`): the serv
 once the node's view satisfies the condition, woken by the runtime after every step, so tools
 and tests wait on the node's own events instead of polling in a sleep loop.
 
-With a chain: GET /account/<hex> (balance, nonce, stakes; 404 for an account the ledger does
-not know), GET /ledger?limit=N (every account and operator), GET /block/<height> (a stored
-block's hash, state root and "txs": its transactions' hex ids), GET /tx/<id> (whether it
-waits in the mempool), and POST /tx,
-whose body is one signed transaction's bytes: the node hands it to its consensus engine and
-answers the verdict as JSON ({"accepted", "code", "reason"}), so a CLI needs no libp2p.
+With a chain, the market's routes too (node/market_http.py: /jobs, /job/<hex>,
+/result/<hex>, /offers) and: GET /account/<hex> (balance, nonce, stakes; 404 for an
+account the ledger does not know), GET /ledger?limit=N (every account and operator),
+GET /block/<height> (a stored block's hash, state root and "txs": its transactions' hex
+ids), GET /tx/<id> (whether it waits in the mempool), and POST /tx, whose body is one
+signed transaction's bytes: the node hands it to its consensus engine and answers the
+verdict as JSON ({"accepted", "code", "reason"}), so a CLI needs no libp2p.
 `/status?wait_height=H` long-polls until the chain's head reaches H.
 
 /admin/policy (GET, POST) reads and replaces the node's traffic policy, the fault injection
@@ -51,7 +52,10 @@ LEDGER_LIMIT_MAX = 10_000
 TOKEN_CHARS = (32, 1024)
 WAIT_MS_MAX = 120_000
 log = logging.getLogger("gpumesh.status")
-_ROUTES = b"routes: /status /metrics /healthz /account/<hex> /ledger /block/<h> /tx\n"
+_ROUTES = (
+    b"routes: /status /metrics /healthz /account/<hex> /ledger /block/<h> /tx /jobs "
+    b"/job/<hex> /result/<hex> /offers\n"
+)
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -104,6 +108,9 @@ class StatusApp:
     metrics: Callable[[], bytes]
     admin: AdminApi | None = None
     chain: ChainApi | None = None
+    market: MarketRoute | None = None
+    """The market's routes (node/market_http.py), when the node runs a chain."""
+    market_paths: Callable[[str], bool] = lambda path: False
 
     def __post_init__(self) -> None:
         self._changed = trio.Event()
@@ -149,7 +156,7 @@ def _condition(query: dict[str, list[str]]) -> tuple[Callable[[dict[str, object]
     return ready, (timeout_ms if waits else 0)
 
 
-async def _respond(
+async def respond(
     stream: trio.SocketStream, code: int, body: bytes, ctype: str, extra: str = ""
 ) -> None:
     head = (
@@ -160,7 +167,7 @@ async def _respond(
 
 
 @dataclass(frozen=True)
-class _Request:
+class Request:
     method: str
     target: str
     headers: dict[str, str]
@@ -169,7 +176,10 @@ class _Request:
     """Whatever arrived after the head: the beginning of the body."""
 
 
-async def _read_request(stream: trio.SocketStream) -> _Request:
+MarketRoute = Callable[[trio.SocketStream, Request, str, dict[str, list[str]]], Awaitable[None]]
+
+
+async def _read_request(stream: trio.SocketStream) -> Request:
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = await stream.receive_some(4096)
@@ -186,7 +196,7 @@ async def _read_request(stream: trio.SocketStream) -> _Request:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
-    return _Request(method, target, headers, rest)
+    return Request(method, target, headers, rest)
 
 
 async def _handle(app: StatusApp, stream: trio.SocketStream) -> None:
@@ -203,27 +213,29 @@ async def _handle(app: StatusApp, stream: trio.SocketStream) -> None:
             ("/account/", "/block/", "/tx/")
         ):
             await _chain(app.chain, stream, request, url.path, parse_qs(url.query))
+        elif app.market is not None and app.market_paths(url.path):
+            await app.market(stream, request, url.path, parse_qs(url.query))
         elif method != "GET":
-            await _respond(stream, 405, b"only GET\n", "text/plain")
+            await respond(stream, 405, b"only GET\n", "text/plain")
         elif url.path == "/metrics":
-            await _respond(stream, 200, app.metrics(), "text/plain; version=0.0.4")
+            await respond(stream, 200, app.metrics(), "text/plain; version=0.0.4")
         elif url.path == "/healthz":
-            await _respond(stream, 200, b"ok\n", "text/plain")
+            await respond(stream, 200, b"ok\n", "text/plain")
         elif url.path == "/status":
             await _status(app, stream, parse_qs(url.query))
         else:
-            await _respond(stream, 404, _ROUTES, "text/plain")
+            await respond(stream, 404, _ROUTES, "text/plain")
 
 
 async def _status(app: StatusApp, stream: trio.SocketStream, query: dict[str, list[str]]) -> None:
     try:
         ready, timeout_ms = _condition(query)
     except ValueError as exc:
-        await _respond(stream, 400, f"{exc}\n".encode(), "text/plain")
+        await respond(stream, 400, f"{exc}\n".encode(), "text/plain")
         return
     met, snap = await app.wait_until(ready, timeout_ms) if timeout_ms else (True, app.snapshot())
     body = json.dumps(snap, sort_keys=True).encode() + b"\n"
-    await _respond(stream, 200 if met else 408, body, "application/json")
+    await respond(stream, 200 if met else 408, body, "application/json")
 
 
 async def serve_status(
@@ -249,8 +261,8 @@ async def serve_status(
 # chain routes
 
 
-async def _json(stream: trio.SocketStream, code: int, doc: object) -> None:
-    await _respond(
+async def respond_json(stream: trio.SocketStream, code: int, doc: object) -> None:
+    await respond(
         stream, code, json.dumps(doc, sort_keys=True).encode() + b"\n", "application/json"
     )
 
@@ -258,61 +270,63 @@ async def _json(stream: trio.SocketStream, code: int, doc: object) -> None:
 async def _chain(
     api: ChainApi | None,
     stream: trio.SocketStream,
-    request: _Request,
+    request: Request,
     path: str,
     query: dict[str, list[str]],
 ) -> None:
     if api is None:
-        await _json(stream, 404, {"error": "this node runs no chain (no [chain] genesis)"})
+        await respond_json(stream, 404, {"error": "this node runs no chain (no [chain] genesis)"})
     elif path == "/tx":
         if request.method != "POST":
-            await _respond(stream, 405, b"/tx takes POST\n", "text/plain")
+            await respond(stream, 405, b"/tx takes POST\n", "text/plain")
             return
         body = await _read_body(stream, request, TX_BODY_BYTES_MAX)
         if body is not None:
             v = await api.submit_tx(body)
             doc = {"accepted": v.accepted, "code": v.code, "reason": v.reason}
-            await _json(stream, 200, doc)
+            await respond_json(stream, 200, doc)
     elif request.method != "GET":
-        await _respond(stream, 405, b"only GET\n", "text/plain")
+        await respond(stream, 405, b"only GET\n", "text/plain")
     elif path.startswith("/tx/"):
-        tx_id = _hex32(path.removeprefix("/tx/"))
+        tx_id = hex32(path.removeprefix("/tx/"))
         if tx_id is None:
-            await _json(stream, 400, {"error": "expected /tx/<64 hex digits of a tx id>"})
+            await respond_json(stream, 400, {"error": "expected /tx/<64 hex digits of a tx id>"})
         else:
-            await _json(stream, 200, {"tx_id": tx_id.hex(), "pending": api.tx_pending(tx_id)})
+            await respond_json(
+                stream, 200, {"tx_id": tx_id.hex(), "pending": api.tx_pending(tx_id)}
+            )
     elif path.startswith("/block/"):
         text = path.removeprefix("/block/")
         if not text.isascii() or not text.isdigit() or len(text) > 18:
-            await _json(stream, 400, {"error": f"{text[:40]!r} is not a block height"})
+            await respond_json(stream, 400, {"error": f"{text[:40]!r} is not a block height"})
             return
         block = await api.block(int(text))
         if block is None:
-            await _json(stream, 404, {"error": "no such block", "height": int(text)})
+            await respond_json(stream, 404, {"error": "no such block", "height": int(text)})
         else:
-            await _json(stream, 200, block)
+            await respond_json(stream, 200, block)
     elif path == "/ledger":
         try:
             limit = min(int(query.get("limit", [str(LEDGER_LIMIT_MAX)])[0]), LEDGER_LIMIT_MAX)
         except ValueError:
-            await _json(stream, 400, {"error": "limit must be an integer"})
+            await respond_json(stream, 400, {"error": "limit must be an integer"})
             return
-        await _json(stream, 200, api.ledger(max(limit, 0)))
+        await respond_json(stream, 200, api.ledger(max(limit, 0)))
     else:
         text = path.removeprefix("/account/")
-        account = _hex32(text)
+        account = hex32(text)
         if account is None:
             problem = f"{text[:80]!r} is not an account: expected 64 hex digits"
-            await _json(stream, 400, {"error": problem})
+            await respond_json(stream, 400, {"error": problem})
             return
         view = api.account(account)
         if view is None:
-            await _json(stream, 404, {"error": "unknown account", "account": account.hex()})
+            await respond_json(stream, 404, {"error": "unknown account", "account": account.hex()})
         else:
-            await _json(stream, 200, view)
+            await respond_json(stream, 200, view)
 
 
-def _hex32(text: str) -> bytes | None:
+def hex32(text: str) -> bytes | None:
     try:
         raw = bytes.fromhex(text)
     except ValueError:
@@ -320,16 +334,16 @@ def _hex32(text: str) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
-async def _read_body(stream: trio.SocketStream, request: _Request, limit: int) -> bytes | None:
+async def _read_body(stream: trio.SocketStream, request: Request, limit: int) -> bytes | None:
     """The request's body (Content-Length bytes), or None once an error was answered."""
     length_text = request.headers.get("content-length", "")
     if not length_text.isascii() or not length_text.isdigit():
-        await _respond(stream, 411, b"POST needs a Content-Length header\n", "text/plain")
+        await respond(stream, 411, b"POST needs a Content-Length header\n", "text/plain")
         return None
     length = int(length_text)
     if length > limit:
         problem = f"body of {length} bytes exceeds the limit of {limit}\n"
-        await _respond(stream, 413, problem.encode(), "text/plain")
+        await respond(stream, 413, problem.encode(), "text/plain")
         return None
     body = request.body_start[:length]
     try:
@@ -338,7 +352,7 @@ async def _read_body(stream: trio.SocketStream, request: _Request, limit: int) -
                 chunk = await stream.receive_some(length - len(body))
                 if not chunk:
                     problem = f"body ended after {len(body)} of {length} bytes\n"
-                    await _respond(stream, 400, problem.encode(), "text/plain")
+                    await respond(stream, 400, problem.encode(), "text/plain")
                     return None
                 body += chunk
     except trio.TooSlowError:
@@ -351,35 +365,35 @@ async def _read_body(stream: trio.SocketStream, request: _Request, limit: int) -
 
 
 async def _admin(
-    api: AdminApi | None, stream: trio.SocketStream, request: _Request, path: str
+    api: AdminApi | None, stream: trio.SocketStream, request: Request, path: str
 ) -> None:
     if api is None or path != "/admin/policy":
-        await _respond(stream, 404, _ROUTES, "text/plain")
+        await respond(stream, 404, _ROUTES, "text/plain")
     elif not _authorised(api.token, request.headers.get("authorization", "")):
         # Nothing about why: a prober learns neither the scheme's details nor the token's.
-        await _respond(stream, 401, b"unauthorised\n", "text/plain", "WWW-Authenticate: Bearer\r\n")
+        await respond(stream, 401, b"unauthorised\n", "text/plain", "WWW-Authenticate: Bearer\r\n")
     elif request.method == "GET":
-        await _respond(stream, 200, _policy_json(api.policy()), "application/json")
+        await respond(stream, 200, _policy_json(api.policy()), "application/json")
     elif request.method == "POST":
         await _admin_post(api, stream, request)
     else:
-        await _respond(stream, 405, b"/admin/policy takes GET and POST\n", "text/plain")
+        await respond(stream, 405, b"/admin/policy takes GET and POST\n", "text/plain")
 
 
-async def _admin_post(api: AdminApi, stream: trio.SocketStream, request: _Request) -> None:
+async def _admin_post(api: AdminApi, stream: trio.SocketStream, request: Request) -> None:
     body = await _read_body(stream, request, ADMIN_BODY_BYTES_MAX)
     if body is None:
         return
     try:
         policy = TrafficPolicy.from_json(json.loads(body))
     except PolicyError as exc:
-        await _respond(stream, 400, f"bad policy: {exc}\n".encode(), "text/plain")
+        await respond(stream, 400, f"bad policy: {exc}\n".encode(), "text/plain")
         return
     except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        await _respond(stream, 400, f"body is not a JSON policy: {exc}\n".encode(), "text/plain")
+        await respond(stream, 400, f"body is not a JSON policy: {exc}\n".encode(), "text/plain")
         return
     api.apply(policy)
-    await _respond(stream, 200, _policy_json(api.policy()), "application/json")
+    await respond(stream, 200, _policy_json(api.policy()), "application/json")
 
 
 def _authorised(token: bytes, header: str) -> bool:

@@ -2,7 +2,9 @@
 
 Starts N node processes with different GPU inventories and regions, shows each one come up,
 waits until every node's supply view holds every node's signed announcement, prints those
-views side by side (they must agree), and tears the swarm down whatever happens.
+views side by side (they must agree), then runs twenty real jobs through the market
+(`demo_jobs`: assigned, executed, verified, paid, tiles stitched into one image), and tears
+the swarm down whatever happens.
 """
 
 from __future__ import annotations
@@ -59,7 +61,11 @@ def run_demo(root: Path, count: int, *, timeout_s: float = 45.0) -> int:
                 f"[bold red]not converged[/] within {timeout_s:.0f}s; logs are in "
                 f"{swarm.root}/node-*/node.log"
             )
-        return 0 if agree else 1
+        if not agree:
+            return 1
+        from sim_harness.demo_jobs import run_market_demo
+
+        return 0 if run_market_demo(swarm, console, timeout_s=max(timeout_s, 120.0)) else 1
     finally:
         stopped = swarm.stop()
         console.print(

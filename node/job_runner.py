@@ -1,0 +1,298 @@
+"""JobRunner: the node's side of the market, next to its ChainService (trio).
+
+It watches the committed state and does what the ledger expects of this node:
+- keeps the node's committed offer (`OfferCapacity`) equal to what it has: its GPUs, region
+  and price from the config and GPU detection;
+- runs each replica assigned to it (in a worker thread, one at a time per GPU slot, stopped
+  at the job's hours cap), stores the result, and commits to its digest (`CommitResult`);
+- once every replica has committed, reveals (`RevealResult`);
+- serves stored results to peers over `PROTOCOL_RESULT`, and fetches a settled job's result
+  from a winning replica for the CLI, checking its bytes against the committed digest.
+
+Nothing is lost on a crash: a result and its salt are on disk (fsync'ed, then renamed)
+before the commitment leaves, so a restarted node can still reveal what it committed to. A
+transaction that did not make it into a block is sent again after `RESEND_BLOCKS` blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+from consensus.ledger.job_records import JobRecord, JobStatus
+from consensus.ledger.market_records import CommitResult, OfferCapacity, RevealResult
+from consensus.ledger.state import LedgerState
+from consensus.ledger.tx import LedgerTx
+from consensus.market.verify import result_commitment
+from node.chain_service import ChainService, peer_of
+from node.job_exec import JobParamsError, execute, output_digest
+from node.logs import LOGGER_NAME, log_event
+from node.workloads import DeadlineExceeded
+from p2p.announcements import GpuSpec
+from p2p.errors import DecodeError
+from p2p.identity import Identity
+from p2p.transport import MessageTooLarge, PeerId, RequestFailed, Transport
+from p2p.wire import sign
+
+PROTOCOL_RESULT = "/gpumesh/result/1"
+POLL_S = 0.2
+RESEND_BLOCKS = 4
+FETCH_TIMEOUT_MS = 10_000
+MS_PER_MILLI_HOUR = 3_600
+
+
+@dataclass(frozen=True)
+class WantedOffer:
+    gpus: tuple[GpuSpec, ...]
+    region: str
+    price_per_gpu_hour: int
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    digest: bytes
+    salt: bytes
+    runtime_ms: int
+    backend: str
+
+
+class ResultStore:
+    """`<job>.npy` (the result array) and `<job>.json` (digest, salt, runtime), each written
+    to a temporary file, fsync'ed and renamed; the JSON goes last, so its presence means
+    the whole result is there."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, job: bytes, suffix: str) -> Path:
+        return self.root / f"{job.hex()}{suffix}"
+
+    def get(self, job: bytes) -> StoredResult | None:
+        try:
+            doc = json.loads(self._path(job, ".json").read_text())
+            return StoredResult(
+                bytes.fromhex(doc["digest"]), bytes.fromhex(doc["salt"]),
+                int(doc["runtime_ms"]), str(doc["backend"]),
+            )  # fmt: skip
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def output(self, job: bytes) -> bytes | None:
+        try:
+            return self._path(job, ".npy").read_bytes()
+        except OSError:
+            return None
+
+    def put(self, job: bytes, result: StoredResult, output: bytes) -> None:
+        self._write(self._path(job, ".npy"), output)
+        doc = {
+            "digest": result.digest.hex(),
+            "salt": result.salt.hex(),
+            "runtime_ms": result.runtime_ms,
+            "backend": result.backend,
+        }
+        self._write(self._path(job, ".json"), json.dumps(doc).encode())
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        identity: Identity,
+        chain: ChainService,
+        results_dir: Path,
+        offer: WantedOffer,
+        *,
+        slots: int = 1,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.identity, self.chain, self.offer = identity, chain, offer
+        self.results = ResultStore(results_dir)
+        self._on_change = on_change
+        self._log = logging.getLogger(f"{LOGGER_NAME}.jobs")
+        self._limiter = trio.CapacityLimiter(max(1, slots))
+        self._send_lock = trio.Lock()
+        self._running: set[bytes] = set()
+        self._sent: dict[tuple[bytes, str], int] = {}
+        """(job or b"offer", step) -> the height we sent it at."""
+        self._transport: Transport | None = None
+        self.counts: dict[str, int] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(
+        self, transport: Transport, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._transport = transport
+        transport.set_request_handler(PROTOCOL_RESULT, self._serve_result)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            seen = -1
+            while True:
+                engine = self.chain.engine
+                if engine is not None and engine.chain.height != seen:
+                    seen = engine.chain.height
+                    await self._step(engine.chain.state, nursery)
+                await trio.sleep(POLL_S)
+
+    async def _step(self, state: LedgerState, nursery: trio.Nursery) -> None:
+        me = self.identity.public_key
+        await self._keep_offer(state)
+        for job, record in sorted(state.jobs.items()):
+            if record.status not in (JobStatus.ASSIGNED, JobStatus.REVEALING):
+                continue
+            mine = next((r for r in record.replicas if r.node == me), None)
+            if mine is None:
+                continue
+            stored = self.results.get(job)
+            if record.status == JobStatus.ASSIGNED and not mine.committed:
+                if stored is not None:
+                    commitment = result_commitment(job, me, stored.digest, stored.salt)
+                    await self._send_once(state, job, "commit", CommitResult, job_id=job,
+                                          commitment=commitment)  # fmt: skip
+                elif job not in self._running:
+                    self._running.add(job)
+                    nursery.start_soon(self._execute, job, record)
+            elif record.status == JobStatus.REVEALING and not mine.revealed and stored is not None:
+                await self._send_once(state, job, "reveal", RevealResult, job_id=job,
+                                      digest=stored.digest, salt=stored.salt,
+                                      runtime_ms=stored.runtime_ms)  # fmt: skip
+
+    async def _keep_offer(self, state: LedgerState) -> None:
+        me = self.identity.public_key
+        if me not in state.operators:
+            return
+        have = state.offers.get(me)
+        want = self.offer
+        if have is not None and (have.gpus, have.region, have.price_per_gpu_hour) == (
+            want.gpus, want.region, want.price_per_gpu_hour,
+        ):  # fmt: skip
+            return
+        if have is None and not want.gpus:
+            return
+        price = want.price_per_gpu_hour
+        await self._send_once(state, b"offer", "offer", OfferCapacity, gpus=want.gpus,
+                              region=want.region, price_per_gpu_hour=price)  # fmt: skip
+
+    # -- running a replica -----------------------------------------------------------------------
+
+    async def _execute(self, job: bytes, record: JobRecord) -> None:
+        terms = record.terms
+        deadline_s = terms.max_hours_milli * MS_PER_MILLI_HOUR / 1000
+        fields: dict[str, object] = {"job": job.hex()[:16], "kind": terms.kind}
+        try:
+            async with self._limiter:
+                log_event(self._log, "job_started", fields)
+                done = await trio.to_thread.run_sync(
+                    lambda: execute(terms.kind, terms.params, deadline_s=deadline_s)
+                )
+            result = StoredResult(done.digest, secrets.token_bytes(32), done.runtime_ms,
+                                  done.backend)  # fmt: skip
+            await trio.to_thread.run_sync(self.results.put, job, result, done.output)
+            self._count("jobs_executed")
+            log_event(self._log, "job_executed", {**fields, "runtime_ms": done.runtime_ms,
+                      "backend": done.backend, "digest": done.digest.hex()[:16]})  # fmt: skip
+        except (JobParamsError, DeadlineExceeded) as exc:
+            # Nothing to commit to: the ledger's commit window turns this into a no-show,
+            # which is the truth (the job asked for work this node cannot deliver).
+            self._count("jobs_refused")
+            log_event(self._log, "job_refused", {**fields, "reason": str(exc)[:200]},
+                      logging.WARNING)  # fmt: skip
+        finally:
+            self._running.discard(job)
+            self._on_change()
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    async def _send_once(
+        self, state: LedgerState, key: bytes, step: str, kind: type[LedgerTx], **fields: Any
+    ) -> None:
+        """Send our transaction for this step unless one went out in the last RESEND_BLOCKS
+        blocks (it may still be on its way into a block)."""
+        sent = self._sent.get((key, step))
+        if sent is not None and state.height < sent + RESEND_BLOCKS:
+            return
+        engine = self.chain.engine
+        if engine is None:
+            return
+        async with self._send_lock:
+            me = self.identity.public_key
+            nonce = engine.mempool.next_nonce(me, engine.chain.state)
+            record = kind(nonce=nonce, fee=engine.chain.state.params.min_fee, **fields)
+            data = sign(record, self.identity, engine.chain.chain_id).encode()
+            verdict = await self.chain.submit_tx(data)
+        self._sent[(key, step)] = state.height
+        self._count(f"{step}_sent" if verdict.accepted else f"{step}_refused")
+        level = logging.INFO if verdict.accepted else logging.WARNING
+        log_event(self._log, f"{step}_sent", {"job": key.hex()[:16], "accepted": verdict.accepted,
+                  "code": verdict.code, "reason": verdict.reason[:200]}, level)  # fmt: skip
+
+    # -- results ---------------------------------------------------------------------------------
+
+    async def _serve_result(self, peer: PeerId, data: bytes) -> bytes:
+        if len(data) != 32:
+            return b""
+        output = await trio.to_thread.run_sync(self.results.output, data)
+        self._count("results_served" if output else "results_missing")
+        return output or b""
+
+    async def fetch_result(self, job: bytes) -> bytes | None:
+        """A settled job's result array (.npy bytes), checked against the committed digest:
+        from our own store if we ran it, else from each winning replica in turn."""
+        engine = self.chain.engine
+        record = engine.chain.state.jobs.get(job) if engine is not None else None
+        if record is None or record.status != JobStatus.SETTLED:
+            return None
+        winners = [r.node for r in record.replicas if r.digest == record.result_digest]
+        local = await trio.to_thread.run_sync(self.results.output, job)
+        candidates: list[bytes | None] = [None] if local else []
+        candidates += [n for n in winners if n != self.identity.public_key]
+        for node in candidates:
+            data = local if node is None else await self._ask(node, job)
+            if data and self._matches(record, data):
+                return data
+        return None
+
+    async def _ask(self, node: bytes, job: bytes) -> bytes | None:
+        transport = self._transport
+        if transport is None:
+            return None
+        try:
+            return await transport.request(
+                peer_of(node), PROTOCOL_RESULT, job, timeout_ms=FETCH_TIMEOUT_MS
+            )
+        except (RequestFailed, MessageTooLarge):
+            self._count("result_fetch_failed")
+            return None
+
+    def _matches(self, record: JobRecord, data: bytes) -> bool:
+        try:
+            ok = output_digest(record.terms.kind, data) == record.result_digest
+        except DecodeError:
+            ok = False
+        if not ok:
+            self._count("results_rejected")
+        return ok
+
+    def _count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1

@@ -1,0 +1,104 @@
+"""JSON views of jobs and offers for the status endpoint and `gpumesh job|market`.
+
+Read-only, from the committed state at the head; amounts in base units, keys in hex, codes
+by name (a `last_reason` of `price_too_low` says more than 5).
+"""
+
+from __future__ import annotations
+
+from consensus.ledger.job_records import REASON_NONE, JobRecord, JobStatus
+from consensus.ledger.offers import busy_gpus
+from consensus.ledger.state import LedgerState
+from consensus.market.scheduler import Reason
+
+JOBS_ROWS_MAX = 1_000
+
+
+def reason_name(code: int) -> str | None:
+    return None if code == REASON_NONE else Reason(code).name.lower()
+
+
+def job_view(state: LedgerState, job: bytes) -> dict[str, object] | None:
+    """One job's record, spelled out; None if the ledger has no such job."""
+    record = state.jobs.get(job)
+    return None if record is None else _job(state, job, record)
+
+
+def _job(state: LedgerState, job: bytes, r: JobRecord) -> dict[str, object]:
+    t = r.terms
+    return {
+        "job_id": job.hex(),
+        "height": state.height,
+        "status": JobStatus(r.status).name.lower(),
+        "kind": t.kind,
+        "submitter": r.submitter.hex(),
+        "submitted_height": r.submitted_height,
+        "deadline_height": t.deadline_height,
+        "gpus": t.gpus,
+        "redundancy": t.redundancy,
+        "max_price_per_gpu_hour": t.max_price_per_gpu_hour,
+        "escrowed": r.escrowed,
+        "replicas": [
+            {
+                "node": x.node.hex(),
+                "price_per_gpu_hour": x.price_per_gpu_hour,
+                "assigned_height": x.assigned_height,
+                "committed": x.committed,
+                "revealed": x.revealed,
+                "digest": x.digest.hex() or None,
+                "runtime_ms": x.runtime_ms if x.revealed else None,
+            }
+            for x in r.replicas
+        ],
+        "excluded": [n.hex() for n in r.excluded],
+        "tie_breakers": r.tie_breakers,
+        "reroutes": r.reroutes,
+        "last_reason": reason_name(r.last_reason),
+        "result_digest": r.result_digest.hex() or None,
+        "paid": r.paid,
+        "fee_paid": r.fee_paid,
+        "refunded": r.refunded,
+        "billed_ms": r.billed_ms,
+        "closed_height": r.closed_height or None,
+    }
+
+
+def jobs_view(
+    state: LedgerState, submitter: bytes | None = None, limit: int = JOBS_ROWS_MAX
+) -> dict[str, object]:
+    """Jobs (of one submitter, if given) in id order, at most `limit`, and counts by status."""
+    rows = [
+        (j, r)
+        for j, r in sorted(state.jobs.items())
+        if submitter is None or r.submitter == submitter
+    ]
+    counts: dict[str, int] = {}
+    for _, r in rows:
+        name = JobStatus(r.status).name.lower()
+        counts[name] = counts.get(name, 0) + 1
+    return {
+        "height": state.height,
+        "total": len(rows),
+        "by_status": counts,
+        "jobs": [_job(state, j, r) for j, r in rows[:limit]],
+    }
+
+
+def offers_view(state: LedgerState) -> dict[str, object]:
+    """Every committed offer, with what replicas hold of it and whether it is scheduled on."""
+    busy = busy_gpus(state.jobs)
+    return {
+        "height": state.height,
+        "offers": [
+            {
+                "node": node.hex(),
+                "gpus": [[g.model, g.count, g.memory_mib] for g in o.gpus],
+                "region": o.region,
+                "price_per_gpu_hour": o.price_per_gpu_hour,
+                "busy_gpus": busy.get(node, 0),
+                "active": state.is_active(node),
+                "offered_height": o.height,
+            }
+            for node, o in sorted(state.offers.items())
+        ],
+    }
