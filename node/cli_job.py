@@ -1,5 +1,5 @@
-"""`gpumesh job submit|status|result|cancel|list` and `gpumesh market offers`: the market
-through a node's loopback endpoint (no libp2p in the CLI).
+"""`gpumesh job submit|status|result|cancel|list`, `gpumesh market offers` and `gpumesh
+uptime`: the market through a node's loopback endpoint (no libp2p in the CLI).
 
 A job is signed here with `--key` (its escrow comes from that account) and submitted like any
 transaction; its id is `job_id(chain, signer, nonce)`, printed at once. `--wait` follows it
@@ -307,6 +307,52 @@ def cmd_market_offers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_uptime(args: argparse.Namespace) -> int:
+    client = NodeClient.resolve(args.via, args.swarm)
+    query = f"?node={parse_account(args.node, 'NODE').hex()}" if args.node else ""
+    _, doc = get_json(client, "/uptime" + query)
+    if args.node and not doc["nodes"]:
+        raise ChainCliError(f"no uptime measured for {args.node}: it has never offered capacity")
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    for item in uptime_report(doc):
+        console.print(item, highlight=False)
+    return 0
+
+
+def uptime_report(doc: dict[str, Any]) -> list[Table | str]:
+    """The per-node table and the network's line for an /uptime document."""
+    title = (f"measured uptime at height {doc['height']} (epoch {doc['epoch']}, one block "
+             f"~{doc['block_ms'] / 1000:.2f} s, down after {doc['down_after_blocks']} silent "
+             "blocks)")  # fmt: skip
+    table = Table(title=title)
+    for col in ("node", "now", "this epoch", "min down", "closed epochs", "worst epoch"):
+        table.add_column(col, justify="left" if col in ("node", "now") else "right")
+    for n in doc["nodes"]:
+        cur = n["current"]
+        closed = [e for e in n["epochs"] if e["uptime_percent"] is not None]
+        worst = min(closed, key=lambda e: e["uptime_percent"]) if closed else None
+        table.add_row(
+            n["node"][:16],
+            "[red]down[/]" if n["down_now"] else "[green]up[/]",
+            _percent(cur["uptime_percent"]),
+            f"{cur['minutes_down']:.2f}",
+            str(len(closed)),
+            f"{_percent(worst['uptime_percent'])} (epoch {worst['epoch']})" if worst else "-",
+        )
+    net = doc["network"]
+    rows = ", ".join(
+        f"epoch {e['epoch']} {_percent(e['uptime_percent'])}" for e in net["epochs"][-6:]
+    )
+    line = f"network availability {_percent(net['uptime_percent'])} over the epochs kept; {rows}"
+    return [table, line]
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
 def _out(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
@@ -365,6 +411,13 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     c.add_argument("--key", required=True)
     _node_args(c)
     c.set_defaults(func=cmd_job_cancel)
+
+    u = sub.add_parser("uptime", help="measured availability per node and for the network")
+    u.add_argument("--node", default=None, help="only this node: hex account, peer id, key file")
+    u.add_argument("--via", default="node-0", help="status URL, HOST:PORT or swarm node to ask")
+    u.add_argument("--swarm", default="swarm", help="swarm folder for node names")
+    u.add_argument("--json", action="store_true")
+    u.set_defaults(func=cmd_uptime)
 
     market = sub.add_parser("market", help="the market's committed offers").add_subparsers(
         dest="action", required=True

@@ -6,6 +6,8 @@ It watches the committed state and does what the ledger expects of this node:
 - runs each replica assigned to it (in a worker thread, one at a time per GPU slot, stopped
   at the job's hours cap), stores the result, and commits to its digest (`CommitResult`);
 - once every replica has committed, reveals (`RevealResult`);
+- sends a `Heartbeat` every `heartbeat_blocks` blocks while it has an offer (the ledger
+  measures uptime from them, and reroutes a silent node's replicas at once);
 - serves stored results to peers over `PROTOCOL_RESULT`, and fetches a settled job's result
   from a winning replica for the CLI, checking its bytes against the committed digest.
 
@@ -16,6 +18,7 @@ transaction that did not make it into a block is sent again after `RESEND_BLOCKS
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 from consensus.ledger.job_records import JobRecord, JobStatus
-from consensus.ledger.market_records import CommitResult, OfferCapacity, RevealResult
+from consensus.ledger.market_records import CommitResult, Heartbeat, OfferCapacity, RevealResult
 from consensus.ledger.state import LedgerState
 from consensus.ledger.tx import LedgerTx
 from consensus.market.verify import result_commitment
@@ -50,6 +53,7 @@ POLL_S = 0.2
 RESEND_BLOCKS = 4
 FETCH_TIMEOUT_MS = 10_000
 MS_PER_MILLI_HOUR = 3_600
+HEADS_KEPT = 200
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,8 @@ class JobRunner:
         self._sent: dict[tuple[bytes, str], int] = {}
         """(job or b"offer", step) -> the height we sent it at."""
         self._transport: Transport | None = None
+        self._heads: collections.deque[tuple[int, int]] = collections.deque(maxlen=HEADS_KEPT)
+        """(height, block time ms) of the heads seen: the block interval for uptime views."""
         self.counts: dict[str, int] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -152,12 +158,15 @@ class JobRunner:
                 engine = self.chain.engine
                 if engine is not None and engine.chain.height != seen:
                     seen = engine.chain.height
+                    if seen > 0:  # genesis has no block time of its own
+                        self._heads.append((seen, engine.chain.head_time_ms))
                     await self._step(engine.chain.state, nursery)
                 await trio.sleep(POLL_S)
 
     async def _step(self, state: LedgerState, nursery: trio.Nursery) -> None:
         me = self.identity.public_key
         await self._keep_offer(state)
+        await self._heartbeat(state)
         for job, record in sorted(state.jobs.items()):
             if record.status not in (JobStatus.ASSIGNED, JobStatus.REVEALING):
                 continue
@@ -193,6 +202,22 @@ class JobRunner:
         price = want.price_per_gpu_hour
         await self._send_once(state, b"offer", "offer", OfferCapacity, gpus=want.gpus,
                               region=want.region, price_per_gpu_hour=price)  # fmt: skip
+
+    async def _heartbeat(self, state: LedgerState) -> None:
+        """Say we are alive every `heartbeat_blocks` blocks while we have an offer."""
+        live = state.liveness.get(self.identity.public_key)
+        if live is None or self.identity.public_key not in state.offers:
+            return
+        if state.height - live.last_heartbeat >= state.params.market.heartbeat_blocks:
+            await self._send_once(state, b"heartbeat", "heartbeat", Heartbeat)
+
+    def block_ms(self) -> float:
+        """The chain's mean block interval over the heads this node has seen lately (the
+        engine's empty-block interval until two heads are known)."""
+        seen = self._heads
+        if len(seen) >= 2 and seen[-1][0] > seen[0][0]:
+            return (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0])
+        return float(self.chain.settings.engine.empty_block_ms)
 
     # -- running a replica -----------------------------------------------------------------------
 
@@ -243,7 +268,8 @@ class JobRunner:
             verdict = await self.chain.submit_tx(data)
         self._sent[(key, step)] = state.height
         self._count(f"{step}_sent" if verdict.accepted else f"{step}_refused")
-        level = logging.INFO if verdict.accepted else logging.WARNING
+        quiet = logging.DEBUG if step == "heartbeat" else logging.INFO
+        level = quiet if verdict.accepted else logging.WARNING
         log_event(self._log, f"{step}_sent", {"job": key.hex()[:16], "accepted": verdict.accepted,
                   "code": verdict.code, "reason": verdict.reason[:200]}, level)  # fmt: skip
 

@@ -102,3 +102,59 @@ def offers_view(state: LedgerState) -> dict[str, object]:
             for node, o in sorted(state.offers.items())
         ],
     }
+
+
+def uptime_view(
+    state: LedgerState, block_ms: float, node: bytes | None = None
+) -> dict[str, object]:
+    """Measured availability per node (or one node) and for the network: this epoch so far
+    and each closed epoch kept in state, as percent and minutes down (blocks x the chain's
+    measured block interval)."""
+    down_after = state.params.market.down_after_blocks
+
+    def window(epoch: int, up: int, counted: int) -> dict[str, object]:
+        down = counted - up
+        return {
+            "epoch": epoch,
+            "up_blocks": up,
+            "counted_blocks": counted,
+            "uptime_percent": round(100 * up / counted, 3) if counted else None,
+            "minutes_down": round(down * block_ms / 60_000, 2),
+        }
+
+    nodes = []
+    totals: dict[int, list[int]] = {}
+    for key, live in sorted(state.liveness.items()):
+        if node is not None and key != node:
+            continue
+        epochs = [window(e, u, c) for e, u, c in live.history]
+        current = window(state.epoch, live.up_blocks, live.counted_blocks)
+        for e, u, c in [*live.history, (state.epoch, live.up_blocks, live.counted_blocks)]:
+            pair = totals.setdefault(e, [0, 0])
+            pair[0] += u
+            pair[1] += c
+        nodes.append(
+            {
+                "node": key.hex(),
+                "last_heartbeat": live.last_heartbeat,
+                "down_now": state.height - live.last_heartbeat > down_after,
+                "offers": key in state.offers,
+                "current": current,
+                "epochs": epochs,
+                "work_units": live.work_units,
+            }
+        )
+    network = [window(e, u, c) for e, (u, c) in sorted(totals.items())]
+    all_up = sum(u for u, _ in totals.values())
+    all_counted = sum(c for _, c in totals.values())
+    return {
+        "height": state.height,
+        "epoch": state.epoch,
+        "block_ms": round(block_ms, 1),
+        "down_after_blocks": down_after,
+        "nodes": nodes,
+        "network": {
+            "epochs": network,
+            "uptime_percent": round(100 * all_up / all_counted, 3) if all_counted else None,
+        },
+    }

@@ -6,6 +6,7 @@ GET /result/<hex>                    a settled job's result array (.npy bytes), 
                                      winning replica if this node did not run it and checked
                                      against the committed digest (404 / 409 otherwise)
 GET /offers                          committed capacity offers and what replicas hold
+GET /uptime[?node=<hex>]             measured availability per node and for the network
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import trio
 from consensus.ledger.state import LedgerState
 from node.chain_service import ChainService
 from node.job_runner import JobRunner
-from node.job_views import job_view, jobs_view, offers_view
+from node.job_views import job_view, jobs_view, offers_view, uptime_view
 from node.status_http import Request, hex32, respond, respond_json
 
 JOBS_LIMIT_MAX = 1_000
-MARKET_PATHS = ("/jobs", "/offers")
+MARKET_PATHS = ("/jobs", "/offers", "/uptime")
 MARKET_PREFIXES = ("/job/", "/result/")
 
 
@@ -32,6 +33,7 @@ class MarketApi:
     job: Callable[[bytes], dict[str, object] | None]
     result: Callable[[bytes], Awaitable[bytes | None]]
     offers: Callable[[], dict[str, object]]
+    uptime: Callable[[bytes | None], dict[str, object]]
 
 
 def market_api(chain: ChainService, jobs: JobRunner) -> MarketApi:
@@ -48,6 +50,7 @@ def market_api(chain: ChainService, jobs: JobRunner) -> MarketApi:
         job=lambda job: job_view(state(), job),
         result=jobs.fetch_result,
         offers=lambda: offers_view(state()),
+        uptime=lambda node: uptime_view(state(), jobs.block_ms(), node),
     )
 
 
@@ -63,6 +66,14 @@ async def serve_market(
         await respond(stream, 405, b"only GET\n", "text/plain")
     elif path == "/offers":
         await respond_json(stream, 200, api.offers())
+    elif path == "/uptime":
+        node = None
+        if "node" in query:
+            node = hex32(query["node"][0])
+            if node is None:
+                await respond_json(stream, 400, {"error": "node must be 64 hex digits"})
+                return
+        await respond_json(stream, 200, api.uptime(node))
     elif path == "/jobs":
         submitter = None
         if "submitter" in query:

@@ -267,6 +267,9 @@ def add_sim_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     sim = subparsers.add_parser(
         "sim", help="deterministic simulation: run one seed, or sweep many"
     ).add_subparsers(dest="action", required=True)
+    from sim_harness.cli_market import add_market_sim_command
+
+    add_market_sim_command(sim)
     r = sim.add_parser("run", help="run a scenario under one seed; replays bit-for-bit")
     r.add_argument("scenario", metavar="SCENARIO.toml")
     r.add_argument("--seed", default=None, help="default: the scenario's own seed")

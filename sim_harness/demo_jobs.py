@@ -4,8 +4,8 @@ Twenty jobs of the three kinds (eight tiles of one rendered image, six matrix pr
 six network forward passes), each on two replicas, are signed by the swarm's user keys and
 submitted exactly as `gpumesh job submit` does; a progress bar follows them to settlement.
 Then: the table of assignments, verdicts and payments; the operators' balances, pools and
-slashes; and the eight tiles fetched from the replicas (checked against their committed
-digests) and stitched into one PNG.
+slashes; their measured uptime; and the eight tiles fetched from the replicas (checked
+against their committed digests) and stitched into one PNG.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from node.cli_chain_http import NodeClient
-from node.cli_job import FINAL, fetch_result, jobs_table, submit_job
+from node.cli_job import FINAL, fetch_result, jobs_table, submit_job, uptime_report
 from node.job_exec import encode_params, load_output
 from node.workloads import inference, matmul, render
 from p2p.keyfile import load_key_file
@@ -87,6 +87,9 @@ def run_market_demo(swarm: Swarm, console: Console, *, timeout_s: float = 120.0)
     )
     settled = sum(1 for v in views.values() if v["status"] == "settled")
     console.print(_operators_table(client))
+    _, uptime = client._call("/uptime")
+    for item in uptime_report(uptime):
+        console.print(item, highlight=False)
     image = swarm.root / "render.png"
     tiles = _stitch(client, [(s, j) for k, s, j in jobs if k == "render"], image)
     paid = sum(v["paid"] for v in views.values())

@@ -11,6 +11,7 @@ market's part: `job_records`/`market_records` (records), `jobs` (submit, cancel)
 
 from consensus.ledger import job_results as _job_results  # noqa: F401 - kinds 19, 20
 from consensus.ledger import jobs as _jobs  # noqa: F401 - kinds 16, 17, the jobs block step
+from consensus.ledger import liveness as _liveness  # noqa: F401 - kind 21
 from consensus.ledger import offers as _offers  # noqa: F401 - kind 18
 from consensus.ledger.apply import (
     BlockContext,

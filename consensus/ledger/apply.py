@@ -52,7 +52,8 @@ class BlockContext:
     parent_hash: bytes = bytes(HASH_BYTES)
     """Hash of the previous committed block: mixed into the committee seed at epoch end."""
     uptime_permille: Mapping[bytes, int] = field(default_factory=dict)
-    """Measured uptime per operator over the epoch (absent: 1000). Weights rewards."""
+    """Uptime per operator over the epoch, overriding what the ledger measured from
+    heartbeats (liveness.py); an operator in neither counts 1000. Weights rewards."""
 
     def __post_init__(self) -> None:
         if self.height < 1:
@@ -223,7 +224,9 @@ def end_epoch(state: LedgerState, ctx: BlockContext) -> EpochOutcome:
     """Close the current epoch: release matured unbonding, mint and split rewards, roll the
     committee seed, and move to the next epoch."""
     released = release_matured(state)
-    rewards = distribute_rewards(state, ctx.uptime_permille)
+    uptime = {**state.uptime_permille(), **ctx.uptime_permille}
+    rewards = distribute_rewards(state, uptime, state.work_units())
+    state.close_uptime_epoch()
     state.committee_seed = committee_seed(state.committee_seed, ctx.parent_hash)
     ended = state.epoch
     state.epoch += 1

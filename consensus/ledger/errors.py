@@ -58,6 +58,8 @@ class TxCode(enum.Enum):
     ALREADY_DONE = "already_done"
     """A second commitment or reveal from the same replica."""
     BAD_REVEAL = "bad_reveal"
+    NO_OFFER = "no_offer"
+    """A heartbeat from a node that offers no capacity."""
     """The revealed digest and salt do not open the replica's commitment."""
 
 

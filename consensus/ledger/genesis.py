@@ -56,6 +56,9 @@ MARKET_RANGES: dict[str, tuple[int, int]] = {
     "no_show_slash_bps": (0, BPS),
     "wrong_result_slash_bps": (0, BPS),
     "tie_breakers_max": (0, 3),
+    "heartbeat_blocks": (1, 1_000_000),
+    "down_after_blocks": (1, 1_000_000),
+    "work_reward_bps": (0, BPS),
 }
 OPERATOR_KEYS = ("account", "self_stake", "commission_bps")
 TOP_KEYS = ("chain_id", "params", "allocations", "operators")

@@ -1,6 +1,7 @@
-"""The life of a job after submission, run in every block: deadlines, commit and reveal
-timeouts (no-shows and withheld results are penalised and their replicas rerouted), and the
-assignment of pending jobs to committed offers by the market's scheduler.
+"""The life of a job after submission, run in every block: uptime counting (liveness.py),
+deadlines, commit and reveal timeouts and down nodes (no-shows and withheld results are
+penalised and their replicas rerouted), and the assignment of pending jobs to committed
+offers by the market's scheduler.
 
 Every member applies the same block to the same state, so every member computes the same
 assignment: the scheduler is deterministic and reads only committed state, which is stronger
@@ -24,6 +25,7 @@ from dataclasses import replace
 from consensus.ledger.apply import BlockContext, register_block_hook
 from consensus.ledger.escrow import escrow_refund
 from consensus.ledger.job_records import REASON_NONE, JobRecord, JobStatus
+from consensus.ledger.liveness import count_block, is_down
 from consensus.ledger.market_records import Replica
 from consensus.ledger.offers import OPEN_STATUSES, market_offers
 from consensus.ledger.staking import slash
@@ -112,7 +114,9 @@ def close_unsettled(state: LedgerState, job: bytes, record: JobRecord) -> JobRec
 
 
 def step_timeouts(state: LedgerState, height: int) -> None:
-    """Deadlines first, then the commit and reveal windows of the open jobs."""
+    """Deadlines first, then the commit and reveal windows of the open jobs. A replica on a
+    node that is down (liveness.py) is late at once: waiting out its window would only
+    delay the reroute."""
     market = state.params.market
     book = state.jobs
     for job in sorted(book):
@@ -122,15 +126,21 @@ def step_timeouts(state: LedgerState, height: int) -> None:
         if height >= record.terms.deadline_height:
             book[job] = close_unsettled(state, job, record)
         elif record.status == JobStatus.ASSIGNED:
-            if height >= record.phase_height + market.commit_window_blocks:
-                late = [r for r in record.replicas if not r.committed]
+            expired = height >= record.phase_height + market.commit_window_blocks
+            late = [
+                r for r in record.replicas
+                if not r.committed and (expired or is_down(state, r.node, height))
+            ]  # fmt: skip
+            if late:
                 book[job] = drop_replicas(state, job, record, late, NO_SHOW)
-        elif (
-            record.status == JobStatus.REVEALING
-            and height >= record.phase_height + market.reveal_window_blocks
-        ):
-            late = [r for r in record.replicas if not r.revealed]
-            book[job] = drop_replicas(state, job, record, late, WITHHELD)
+        elif record.status == JobStatus.REVEALING:
+            expired = height >= record.phase_height + market.reveal_window_blocks
+            late = [
+                r for r in record.replicas
+                if not r.revealed and (expired or is_down(state, r.node, height))
+            ]  # fmt: skip
+            if late:
+                book[job] = drop_replicas(state, job, record, late, WITHHELD)
 
 
 def schedulable(record: JobRecord, height: int, windows: int) -> bool:
@@ -204,6 +214,7 @@ def step_assignments(state: LedgerState, height: int) -> None:
 
 
 def _jobs_hook(state: LedgerState, ctx: BlockContext) -> None:
+    count_block(state, ctx.height)
     step_timeouts(state, ctx.height)
     step_assignments(state, ctx.height)
 

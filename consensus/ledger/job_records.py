@@ -16,6 +16,7 @@ from typing import Any
 
 from consensus.ledger.market_records import Replica
 from consensus.ledger.tx import ACCOUNT_BYTES, LedgerTx
+from p2p import codec
 from p2p.wire import Blob, Nested, Seq, Struct, Text, UInt, WireType, register, wire_field
 
 JOB_ID_BYTES = 32
@@ -147,6 +148,15 @@ class JobRecord(Struct):
     refunded: int = _with_default(UInt(), 0)
     billed_ms: int = _with_default(UInt(), 0)
     closed_height: int = _with_default(UInt(), 0)
+
+    def to_wire(self) -> list[codec.Value]:
+        """Memoised: a row is frozen (a change replaces it), and the state root encodes every
+        row of the jobs table in every block, settled ones included."""
+        cached: list[codec.Value] | None = self.__dict__.get("_wire")
+        if cached is None:
+            cached = super().to_wire()
+            object.__setattr__(self, "_wire", cached)
+        return cached
 
     @property
     def pending(self) -> bool:

@@ -24,7 +24,7 @@ from consensus.ledger.job_records import JobRecord, JobStatus
 from consensus.ledger.market_records import CommitResult, Replica, RevealResult
 from consensus.ledger.params import BPS
 from consensus.ledger.staking import Effect
-from consensus.ledger.state import PROTOCOL_ACCOUNT, LedgerState
+from consensus.ledger.state import PROTOCOL_ACCOUNT, LedgerState, Liveness
 from consensus.market.verify import Outcome, Verdict, result_commitment, verdict
 
 MS_PER_HOUR = 3_600_000
@@ -145,6 +145,8 @@ def settle(
             continue
         pay = min(left, replica.price_per_gpu_hour * record.terms.gpus * billed // MS_PER_HOUR)
         left -= pay
+        live = state.liveness.setdefault(replica.node, Liveness())
+        live.work_units += billed * record.terms.gpus
         fee = pay * fee_bps // BPS
         pay_operator(state, replica.node, pay - fee)
         paid += pay - fee

@@ -1,5 +1,6 @@
 """Market records of the ledger: a node's capacity offer (kind 18), a replica's result
-commitment (19) and reveal (20), and the rows they leave in state (offers, replicas).
+commitment (19) and reveal (20), a node's heartbeat (21), and the rows they leave in state
+(offers, replicas).
 
 A leaf module, like `job_records`: the state, the snapshot reader and the job records need
 these types; the rules live in `offers.py` (offers), `job_results.py` (commit and reveal) and
@@ -76,6 +77,16 @@ class RevealResult(LedgerTx):
     digest: bytes = wire_field(Blob(DIGEST_BYTES, DIGEST_BYTES))
     salt: bytes = wire_field(Blob(SALT_BYTES, SALT_BYTES))
     runtime_ms: int = wire_field(UInt(RUNTIME_MS_MAX))
+
+
+@register
+@dataclass(frozen=True)
+class Heartbeat(LedgerTx):
+    """A node with an offer says it is alive. Every `heartbeat_blocks` blocks; a node silent
+    for more than `down_after_blocks` is down (liveness.py)."""
+
+    KIND = 21
+    VERSION = 1
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from consensus.ledger.apply import BlockContext, register_tx_handler
 from consensus.ledger.errors import InvalidTransaction, TxCode
 from consensus.ledger.job_records import JobRecord, JobStatus
+from consensus.ledger.liveness import heard_from, is_down
 from consensus.ledger.market_records import Offer, OfferCapacity
 from consensus.ledger.staking import Effect
 from consensus.ledger.state import LedgerState
@@ -34,12 +35,13 @@ def busy_gpus(jobs: dict[bytes, JobRecord]) -> dict[bytes, int]:
 
 def market_offers(state: LedgerState) -> list[NodeOffer]:
     """Every active operator's offer as a `NodeOffer`, sorted by node, with free GPUs net of
-    the replicas it holds. A node is its own operator: its key is the operator account."""
+    the replicas it holds; a node that is down (liveness.py) is left out. A node is its own
+    operator: its key is the operator account."""
     busy = busy_gpus(state.jobs)
     offers = []
     for node, offer in sorted(state.offers.items()):
         total = offer.gpu_total
-        if total == 0 or not state.is_active(node):
+        if total == 0 or not state.is_active(node) or is_down(state, node, state.height):
             continue
         offers.append(
             NodeOffer(
@@ -69,6 +71,7 @@ def _offer(
     def effect() -> None:
         if tx.gpus:
             state.offers[sender] = offer
+            heard_from(state, sender, ctx.height)
         else:
             state.offers.pop(sender, None)
 

@@ -64,10 +64,20 @@ class MarketParams(Struct):
     """Slashed from a replica on the losing side of a majority verdict (and jailed)."""
     tie_breakers_max: int = _param(2, 3)
     """Extra replicas a job may draw to break ties before it fails."""
+    heartbeat_blocks: int = _param(10, 1_000_000)
+    """How often (in blocks) a node with an offer sends a `Heartbeat`."""
+    down_after_blocks: int = _param(25, 1_000_000)
+    """A node not heard from for more blocks than this is down: not scheduled on, its
+    unfinished replicas rerouted at once, and these blocks count against its uptime."""
+    work_reward_bps: int = _param(5_000, BPS)
+    """Share of each epoch's emission split by delivered work (GPU-ms billed) rather than
+    by stake x uptime (all of it goes by stake x uptime in an epoch without work)."""
 
     def invariant_violation(self) -> str | None:
         if self.commit_window_blocks == 0 or self.reveal_window_blocks == 0:
             return "commit_window_blocks and reveal_window_blocks must be at least 1"
+        if self.heartbeat_blocks == 0 or self.down_after_blocks < self.heartbeat_blocks:
+            return "heartbeat_blocks must be at least 1 and down_after_blocks at least that"
         return None
 
 

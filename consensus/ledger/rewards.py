@@ -51,6 +51,8 @@ class RewardShare:
     """The operator pool's whole share, commission included."""
     commission: int
     """Paid to the operator's balance; the rest compounds into its pool."""
+    work_units: int = 0
+    """GPU-ms it delivered in the epoch (its claim on the work part)."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,17 @@ class EpochRewards:
     shares: tuple[RewardShare, ...]
 
 
-def distribute_rewards(state: LedgerState, uptime_permille: Mapping[bytes, int]) -> EpochRewards:
-    """Mint the epoch's subsidy and split it among active operators by pool x uptime.
+def distribute_rewards(
+    state: LedgerState,
+    uptime_permille: Mapping[bytes, int],
+    work_units: Mapping[bytes, int] | None = None,
+) -> EpochRewards:
+    """Mint the epoch's subsidy and split it among active operators: `work_reward_bps` of it
+    by delivered work (GPU-ms billed on winning replicas this epoch), the rest by pool x
+    uptime. In an epoch without work, all of it goes by pool x uptime.
 
-    Each operator's part is `minted * weight // total_weight` (rounded down). Its commission,
+    Each operator's stake part is `stake_part * weight // total_weight` and its work part
+    `work_part * work // total_work` (both rounded down). Its commission,
     `part * commission_bps // BPS`, goes to the operator's balance; the rest is added to its
     pool, which raises the value of every share pro rata, so the operator's self-bond and each
     delegator earn exactly in proportion to their shares without a per-holder loop. What the
@@ -82,14 +91,20 @@ def distribute_rewards(state: LedgerState, uptime_permille: Mapping[bytes, int])
     total = sum(w for _, w in weights)
     if amount == 0 or total == 0:
         return EpochRewards(state.epoch, 0, 0, ())
+    work = {o: (work_units or {}).get(o, 0) for o, _ in weights}
+    work_total = sum(work.values())
+    work_part = amount * state.params.market.work_reward_bps // BPS if work_total else 0
+    stake_part = amount - work_part
     shares: list[RewardShare] = []
     for operator, weight in weights:
-        reward = amount * weight // total
+        reward = stake_part * weight // total
+        if work_total:
+            reward += work_part * work[operator] // work_total
         op = state.operators[operator]
         commission = reward * op.commission_bps // BPS
         state.credit(operator, commission)
         op.pool += reward - commission
-        shares.append(RewardShare(operator, weight, reward, commission))
+        shares.append(RewardShare(operator, weight, reward, commission, work[operator]))
     remainder = amount - sum(s.reward for s in shares)
     state.credit(PROTOCOL_ACCOUNT, remainder)
     state.minted += amount

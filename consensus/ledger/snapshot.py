@@ -15,9 +15,11 @@ from consensus.ledger.market_records import Offer
 from consensus.ledger.params import BPS, LedgerParams
 from consensus.ledger.state import (
     STATE_FORMAT,
+    UPTIME_EPOCHS_KEPT,
     Account,
     Escrow,
     LedgerState,
+    Liveness,
     Operator,
     UnbondingEntry,
 )
@@ -86,6 +88,23 @@ class OfferRow(Struct):
 
 
 @dataclass(frozen=True)
+class UptimeRow(Struct):
+    epoch: int = wire_field(UInt())
+    up_blocks: int = wire_field(UInt())
+    counted_blocks: int = wire_field(UInt())
+
+
+@dataclass(frozen=True)
+class LivenessRow(Struct):
+    node: bytes = wire_field(_key())
+    last_heartbeat: int = wire_field(UInt())
+    up_blocks: int = wire_field(UInt())
+    counted_blocks: int = wire_field(UInt())
+    work_units: int = wire_field(UInt())
+    history: tuple[UptimeRow, ...] = wire_field(Seq(Nested(UptimeRow), UPTIME_EPOCHS_KEPT))
+
+
+@dataclass(frozen=True)
 class StateSnapshot(Struct):
     """The schema of `LedgerState.to_wire()`, field for field."""
 
@@ -107,6 +126,7 @@ class StateSnapshot(Struct):
     evidence_seen: tuple[bytes, ...] = wire_field(Seq(_key(), ROWS_MAX))
     jobs: tuple[JobRow, ...] = wire_field(Seq(Nested(JobRow), ROWS_MAX))
     offers: tuple[OfferRow, ...] = wire_field(Seq(Nested(OfferRow), ROWS_MAX))
+    liveness: tuple[LivenessRow, ...] = wire_field(Seq(Nested(LivenessRow), ROWS_MAX))
 
     def invariant_violation(self) -> str | None:
         if self.format != STATE_FORMAT:
@@ -147,6 +167,16 @@ def decode_state(data: bytes, *, max_bytes: int = SNAPSHOT_BYTES_MAX) -> LedgerS
         evidence_seen=set(snap.evidence_seen),
         jobs={r.job_id: r.record for r in snap.jobs},
         offers={r.node: r.offer for r in snap.offers},
+        liveness={
+            r.node: Liveness(
+                r.last_heartbeat,
+                r.up_blocks,
+                r.counted_blocks,
+                r.work_units,
+                [(h.epoch, h.up_blocks, h.counted_blocks) for h in r.history],
+            )
+            for r in snap.liveness
+        },
     )
     if state.encode() != data:
         raise DecodeError("state snapshot is not canonical (unsorted or repeated keys)")

@@ -64,6 +64,27 @@ class UnbondingEntry:
     """Paid out at the end of this epoch."""
 
 
+UPTIME_EPOCHS_KEPT = 32
+"""Closed epochs of uptime kept per node in state (for `gpumesh uptime`)."""
+
+
+@dataclass
+class Liveness:
+    """What the ledger measured of a node that offers capacity (consensus/ledger/liveness.py).
+    Counters cover the current epoch; `history` holds closed epochs, newest last."""
+
+    last_heartbeat: int = 0
+    """Height of its last sign of life (a heartbeat or an offer)."""
+    up_blocks: int = 0
+    """Blocks of this epoch in which it was up (heard from within `down_after_blocks`)."""
+    counted_blocks: int = 0
+    """Blocks of this epoch in which it had an offer (so was expected to be up)."""
+    work_units: int = 0
+    """GPU-milliseconds billed on its winning replicas this epoch: the work part of rewards."""
+    history: list[tuple[int, int, int]] = field(default_factory=list)
+    """(epoch, up_blocks, counted_blocks) of the last UPTIME_EPOCHS_KEPT closed epochs."""
+
+
 @dataclass(frozen=True)
 class Escrow:
     payer: bytes
@@ -108,6 +129,8 @@ class LedgerState:
     """job id -> its record (consensus.ledger.jobs); rows are frozen, replaced on change."""
     offers: dict[bytes, Offer] = field(default_factory=dict)
     """node -> its committed capacity offer (consensus.ledger.offers); frozen rows."""
+    liveness: dict[bytes, Liveness] = field(default_factory=dict)
+    """node -> its measured uptime and delivered work (consensus.ledger.liveness)."""
 
     # -----------------------------------------------------------------------------------------
     # Reading
@@ -158,6 +181,26 @@ class LedgerState:
         return select_committee(
             self.bonded_stakes(), self.committee_seed, self.params.committee_size
         )
+
+    def uptime_permille(self) -> dict[bytes, int]:
+        """This epoch's measured uptime of every node counted in it (rewards weigh by it)."""
+        return {
+            node: live.up_blocks * 1000 // live.counted_blocks
+            for node, live in sorted(self.liveness.items())
+            if live.counted_blocks
+        }
+
+    def work_units(self) -> dict[bytes, int]:
+        """GPU-milliseconds each node delivered (and was paid for) this epoch."""
+        return {n: live.work_units for n, live in sorted(self.liveness.items()) if live.work_units}
+
+    def close_uptime_epoch(self) -> None:
+        """Move this epoch's counters into each node's history and start afresh."""
+        for live in self.liveness.values():
+            if live.counted_blocks:
+                live.history.append((self.epoch, live.up_blocks, live.counted_blocks))
+                del live.history[:-UPTIME_EPOCHS_KEPT]
+            live.up_blocks = live.counted_blocks = live.work_units = 0
 
     def unbonding_count(self, account: bytes) -> int:
         return sum(1 for e in self.unbonding if e.account == account)
@@ -257,6 +300,12 @@ class LedgerState:
             evidence_seen=set(self.evidence_seen),
             jobs=dict(self.jobs),
             offers=dict(self.offers),
+            liveness={
+                k: Liveness(
+                    v.last_heartbeat, v.up_blocks, v.counted_blocks, v.work_units, list(v.history)
+                )
+                for k, v in self.liveness.items()
+            },
         )
 
     # -----------------------------------------------------------------------------------------
@@ -295,6 +344,17 @@ class LedgerState:
             sorted(self.evidence_seen),
             [[j, r.to_wire()] for j, r in sorted(self.jobs.items())],
             [[n, o.to_wire()] for n, o in sorted(self.offers.items())],
+            [
+                [
+                    n,
+                    v.last_heartbeat,
+                    v.up_blocks,
+                    v.counted_blocks,
+                    v.work_units,
+                    [list(h) for h in v.history],
+                ]
+                for n, v in sorted(self.liveness.items())
+            ],
         ]
 
     def encode(self) -> bytes:

@@ -123,8 +123,9 @@ def test_bad_input_is_refused_with_a_reason(swarm: Swarm) -> None:
 
 def test_a_stalled_node_is_rerouted_away_from_and_penalised(swarm: Swarm) -> None:
     """SIGSTOP the cheapest node (the scheduler puts a replica on it whenever it can), then
-    submit a job for three replicas: the stalled replica never commits, its commit window
-    passes, it is slashed and excluded, the fourth node takes its place, the job settles."""
+    submit a job for three replicas: the stalled node stops sending heartbeats, so the ledger
+    finds it down, slashes and excludes its replica and the fourth node takes its place; the
+    job settles; `gpumesh uptime` shows the node down and its lost blocks."""
     wait_offers(swarm)
     victim = swarm.nodes[0]  # the swarm prices node-i at 1.0M + 50k * i: node-0 is cheapest
     assert victim.pid is not None
@@ -140,5 +141,15 @@ def test_a_stalled_node_is_rerouted_away_from_and_penalised(swarm: Swarm) -> Non
         slashed = {o["operator"]: o["slashed_total"] for o in ledger["operators"]}
         assert slashed[key_of(victim)] > 0
         assert all(v == 0 for k, v in slashed.items() if k != key_of(victim))
+        done = gpumesh("uptime", "--via", "node-1", "--json", "--swarm", str(swarm.root))
+        assert done.returncode == 0, done.stderr
+        nodes = {n["node"]: n for n in json.loads(done.stdout)["nodes"]}
+        assert nodes[key_of(victim)]["down_now"]
+        assert not any(n["down_now"] for k, n in nodes.items() if k != key_of(victim))
+        current = nodes[key_of(victim)]["current"]
+        assert current["up_blocks"] < current["counted_blocks"]
+        one = gpumesh("uptime", "--node", key_of(victim), "--via", "node-1", "--swarm",
+                      str(swarm.root))  # fmt: skip
+        assert one.returncode == 0 and "down" in one.stdout
     finally:
         os.kill(victim.pid, signal.SIGCONT)
