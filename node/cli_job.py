@@ -1,5 +1,5 @@
-"""`gpumesh job submit|status|result|cancel|list`, `gpumesh market offers` and `gpumesh
-uptime`: the market through a node's loopback endpoint (no libp2p in the CLI).
+"""`gpumesh job submit|status|result|cancel|list`, `gpumesh market offers|prices` and
+`gpumesh uptime`: the market through a node's loopback endpoint (no libp2p in the CLI).
 
 A job is signed here with `--key` (its escrow comes from that account) and submitted like any
 transaction; its id is `job_id(chain, signer, nonce)`, printed at once. `--wait` follows it
@@ -291,6 +291,27 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_market_prices(args: argparse.Namespace) -> int:
+    _, doc = get_json(_client(args), "/prices")
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    console.print(prices_table(doc))
+    return 0
+
+
+def prices_table(doc: dict[str, Any]) -> Table:
+    table = Table(title=f"GPU class prices at height {doc['height']} (they move at most "
+                        f"{doc['max_step_bps'] / 100:.1f}% a block towards "
+                        f"{doc['target_utilisation_permille'] / 10:.0f}% utilisation)")  # fmt: skip
+    for col in ("class", "price/GPU-h", "supply", "demand", "utilisation"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in doc["classes"]:
+        table.add_row(c["gpu_class"], str(c["price_per_gpu_hour"]), str(c["supply_gpus"]),
+                      str(c["demand_gpus"]), f"{c['utilisation_permille'] / 10:.1f}%")  # fmt: skip
+    return table
+
+
 def cmd_market_offers(args: argparse.Namespace) -> int:
     _, doc = get_json(_client(args), "/offers")
     if args.json:
@@ -419,9 +440,12 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     u.add_argument("--json", action="store_true")
     u.set_defaults(func=cmd_uptime)
 
-    market = sub.add_parser("market", help="the market's committed offers").add_subparsers(
+    market = sub.add_parser("market", help="committed offers and prices").add_subparsers(
         dest="action", required=True
     )
     o = market.add_parser("offers", help="committed capacity offers and busy GPUs")
     _node_args(o)
     o.set_defaults(func=cmd_market_offers)
+    pr = market.add_parser("prices", help="each GPU class's price, supply and demand")
+    _node_args(pr)
+    pr.set_defaults(func=cmd_market_prices)

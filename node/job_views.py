@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from consensus.ledger.job_records import REASON_NONE, JobRecord, JobStatus
 from consensus.ledger.offers import busy_gpus
+from consensus.ledger.prices import supply_and_demand, utilisation_permille
 from consensus.ledger.state import LedgerState
 from consensus.market.scheduler import Reason
 
@@ -157,4 +158,25 @@ def uptime_view(
             "epochs": network,
             "uptime_percent": round(100 * all_up / all_counted, 3) if all_counted else None,
         },
+    }
+
+
+def prices_view(state: LedgerState) -> dict[str, object]:
+    """Each listed GPU class: its price now, and the supply and demand that move it."""
+    supply, demand = supply_and_demand(state)
+    params = state.params.pricing
+    return {
+        "height": state.height,
+        "target_utilisation_permille": params.target_utilisation_permille,
+        "max_step_bps": params.max_step_bps,
+        "classes": [
+            {
+                "gpu_class": name,
+                "price_per_gpu_hour": price,
+                "supply_gpus": supply.get(name, 0),
+                "demand_gpus": demand.get(name, 0),
+                "utilisation_permille": utilisation_permille(supply, demand, name),
+            }
+            for name, price in state.prices.items()
+        ],
     }

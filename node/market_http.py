@@ -7,6 +7,7 @@ GET /result/<hex>                    a settled job's result array (.npy bytes), 
                                      against the committed digest (404 / 409 otherwise)
 GET /offers                          committed capacity offers and what replicas hold
 GET /uptime[?node=<hex>]             measured availability per node and for the network
+GET /prices                          each GPU class's price, supply, demand, utilisation
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import trio
 from consensus.ledger.state import LedgerState
 from node.chain_service import ChainService
 from node.job_runner import JobRunner
-from node.job_views import job_view, jobs_view, offers_view, uptime_view
+from node.job_views import job_view, jobs_view, offers_view, prices_view, uptime_view
 from node.status_http import Request, hex32, respond, respond_json
 
 JOBS_LIMIT_MAX = 1_000
-MARKET_PATHS = ("/jobs", "/offers", "/uptime")
+MARKET_PATHS = ("/jobs", "/offers", "/uptime", "/prices")
 MARKET_PREFIXES = ("/job/", "/result/")
 
 
@@ -34,6 +35,7 @@ class MarketApi:
     result: Callable[[bytes], Awaitable[bytes | None]]
     offers: Callable[[], dict[str, object]]
     uptime: Callable[[bytes | None], dict[str, object]]
+    prices: Callable[[], dict[str, object]]
 
 
 def market_api(chain: ChainService, jobs: JobRunner) -> MarketApi:
@@ -51,6 +53,7 @@ def market_api(chain: ChainService, jobs: JobRunner) -> MarketApi:
         result=jobs.fetch_result,
         offers=lambda: offers_view(state()),
         uptime=lambda node: uptime_view(state(), jobs.block_ms(), node),
+        prices=lambda: prices_view(state()),
     )
 
 
@@ -66,6 +69,8 @@ async def serve_market(
         await respond(stream, 405, b"only GET\n", "text/plain")
     elif path == "/offers":
         await respond_json(stream, 200, api.offers())
+    elif path == "/prices":
+        await respond_json(stream, 200, api.prices())
     elif path == "/uptime":
         node = None
         if "node" in query:

@@ -20,7 +20,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from node.cli_chain_http import NodeClient
-from node.cli_job import FINAL, fetch_result, jobs_table, submit_job, uptime_report
+from node.cli_job import (
+    FINAL,
+    fetch_result,
+    jobs_table,
+    prices_table,
+    submit_job,
+    uptime_report,
+)
 from node.job_exec import encode_params, load_output
 from node.workloads import inference, matmul, render
 from p2p.keyfile import load_key_file
@@ -87,6 +94,8 @@ def run_market_demo(swarm: Swarm, console: Console, *, timeout_s: float = 120.0)
     )
     settled = sum(1 for v in views.values() if v["status"] == "settled")
     console.print(_operators_table(client))
+    _, prices = client._call("/prices")
+    console.print(prices_table(prices))
     _, uptime = client._call("/uptime")
     for item in uptime_report(uptime):
         console.print(item, highlight=False)

@@ -95,6 +95,9 @@ class MarketScenario:
             down_after_blocks=3,
         )
     )
+    surge: tuple[int, int, int] = (0, 0, 0)
+    """(first block, last block, jobs per block): a demand surge on top of the steady rate
+    (prices rise while it lasts, then fall back once capacity sits idle)."""
     cheaters_undercut: bool = True
     """Misbehaving nodes offer 10% below every honest price, so the scheduler prefers them:
     the adversary's best strategy to be given work, and the hardest case for the checkers."""
@@ -230,6 +233,8 @@ class MarketSim:
         self.awaiting: dict[bytes, list[int]] = {}
         self.reroutes_missed = 0
         self.available_blocks = 0
+        self.price_series: list[dict[str, int]] = []
+        """Every GPU class's price after each block."""
         """Blocks in which at least `redundancy` offering nodes were up (ledger's view)."""
         self.faulty_seen: dict[str, set[tuple[bytes, bytes]]] = {}
         self.salt = hashlib.sha256(b"salt%d" % scenario.seed).digest()
@@ -287,7 +292,7 @@ class MarketSim:
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> MarketResult:
         sc = self.sc
-        submit_blocks = -(-sc.jobs // sc.jobs_per_block)
+        submit_blocks = max(-(-sc.jobs // sc.jobs_per_block), sc.surge[1])
         last = 2 + submit_blocks + sc.drain_blocks + sc.extra_blocks
         txs = [self._offer(n) for n in self.nodes]
         height = 0
@@ -316,7 +321,9 @@ class MarketSim:
     def _submissions(self, height: int) -> list[bytes]:
         sc = self.sc
         out: list[bytes] = []
-        while len(self.submitted) < sc.jobs and len(out) < sc.jobs_per_block and height >= 2:
+        first, last, surge_rate = sc.surge
+        rate = surge_rate if first <= height <= last else sc.jobs_per_block
+        while len(self.submitted) < sc.jobs and len(out) < rate and height >= 2:
             user = self.users[len(self.submitted) % len(self.users)]
             nonce = self.nonces.get(user.public_key, 0)
             out.append(self._tx(
@@ -335,6 +342,7 @@ class MarketSim:
         up = sum(1 for node in self.state.offers if not is_down(self.state, node, height))
         self.available_blocks += up >= self.sc.redundancy
         self.trace.update(height.to_bytes(8, "big") + outcome.state_root)
+        self.price_series.append(dict(self.state.prices))
         for job, record in self.state.jobs.items():
             old = before.get(job)
             if old is not None and record.excluded != old[1]:
@@ -444,8 +452,11 @@ class MarketSim:
                 problems.append(f"job {job.hex()[:12]} closed with its escrow still held")
             if record.status in FINAL:
                 total = record.paid + record.fee_paid + record.refunded
-                if total != record.escrowed:
-                    problems.append(f"job {job.hex()[:12]} paid out {total} of {record.escrowed}")
+                if total != record.escrowed + record.subsidy:
+                    problems.append(
+                        f"job {job.hex()[:12]} paid out {total} of {record.escrowed} escrowed "
+                        f"+ {record.subsidy} from the protocol"
+                    )
         honest_slashed = [
             n.key.hex()[:16]
             for n in self.nodes

@@ -23,6 +23,7 @@ from consensus.committee import COMMITTEE_SIZE_MAX
 from consensus.ledger.errors import GenesisError
 from consensus.ledger.params import BPS, TX_BYTES_MIN, EmissionParams, LedgerParams, MarketParams
 from consensus.ledger.state import PROTOCOL_ACCOUNT, LedgerState, Operator
+from consensus.market.pricing import STEP_BPS_MAX, PricingParams
 from p2p import codec
 from p2p.errors import InvalidRecord
 from p2p.wire import CHAIN_ID_BYTES_MAX, U64_MAX
@@ -59,6 +60,13 @@ MARKET_RANGES: dict[str, tuple[int, int]] = {
     "heartbeat_blocks": (1, 1_000_000),
     "down_after_blocks": (1, 1_000_000),
     "work_reward_bps": (0, BPS),
+    "spot_check_permille": (0, 1000),
+}
+PRICING_RANGES: dict[str, tuple[int, int]] = {
+    "target_utilisation_permille": (1, 999),
+    "max_step_bps": (1, STEP_BPS_MAX),
+    "floor_per_gpu_hour": (1, U64_MAX),
+    "ceiling_per_gpu_hour": (1, U64_MAX),
 }
 OPERATOR_KEYS = ("account", "self_stake", "commission_bps")
 TOP_KEYS = ("chain_id", "params", "allocations", "operators")
@@ -147,9 +155,10 @@ def _parse(raw: dict[str, Any]) -> Genesis:
 
 def _params(raw: object) -> LedgerParams:
     table = _table(raw, "params")
-    _check_keys(table, "params", (*PARAM_RANGES, "emission", "market"))
+    _check_keys(table, "params", (*PARAM_RANGES, "emission", "market", "pricing"))
     emission_values = _sub_params(table, "emission", EMISSION_RANGES)
     market_values = _sub_params(table, "market", MARKET_RANGES)
+    pricing_values = _sub_params(table, "pricing", PRICING_RANGES)
     values = {
         key: _int(table[key], f"params.{key}", *PARAM_RANGES[key])
         for key in PARAM_RANGES
@@ -160,6 +169,7 @@ def _params(raw: object) -> LedgerParams:
             **values,
             emission=EmissionParams(**emission_values),
             market=MarketParams(**market_values),
+            pricing=PricingParams(**pricing_values),
         )
     except InvalidRecord as exc:  # the ranges above should make this unreachable
         raise _Problem("params", str(exc)) from None

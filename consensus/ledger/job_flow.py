@@ -24,15 +24,23 @@ from dataclasses import replace
 
 from consensus.ledger.apply import BlockContext, register_block_hook
 from consensus.ledger.escrow import escrow_refund
-from consensus.ledger.job_records import REASON_NONE, JobRecord, JobStatus
+from consensus.ledger.job_records import (
+    REASON_NONE,
+    SPOT_SKIPPED,
+    SPOT_WANTED,
+    JobRecord,
+    JobStatus,
+)
 from consensus.ledger.liveness import count_block, is_down
 from consensus.ledger.market_records import Replica
 from consensus.ledger.offers import OPEN_STATUSES, market_offers
+from consensus.ledger.prices import step_prices
 from consensus.ledger.staking import slash
 from consensus.ledger.state import LedgerState
 from consensus.market.scheduler import JobRequest, NodeOffer, Reason, schedule
 
 PENALTY_DOMAIN = b"gpumesh/market-penalty/v1"
+SPOT_DOMAIN = b"gpumesh/spot-check/v1"
 NO_SHOW = b"no-show"
 WITHHELD = b"withheld"
 WRONG_RESULT = b"wrong-result"
@@ -55,7 +63,27 @@ def job_request(job: bytes, record: JobRecord, redundancy: int | None = None) ->
 
 
 def replicas_wanted(record: JobRecord) -> int:
-    return record.terms.redundancy + record.tie_breakers
+    return record.replicas_wanted
+
+
+def audit_only(record: JobRecord) -> bool:
+    """Every replica has committed and only the spot-check replica is missing."""
+    return (
+        record.spot_check == SPOT_WANTED
+        and len(record.replicas) == record.replicas_wanted - 1
+        and all(r.committed for r in record.replicas)
+    )
+
+
+def spot_checked(state: LedgerState, job: bytes, parent_hash: bytes) -> bool:
+    """Whether the protocol audits this job with one more replica. Drawn when the last
+    replica commits, from the parent block's hash: no replica can know at commit time
+    whether its result will be checked, so a lazy one cannot cheat only when unwatched."""
+    odds = state.params.market.spot_check_permille
+    if odds == 0:
+        return False
+    draw = hashlib.sha256(SPOT_DOMAIN + parent_hash + job).digest()
+    return int.from_bytes(draw[:8], "big") % 1000 < odds
 
 
 def penalise(state: LedgerState, job: bytes, node: bytes, kind: bytes) -> None:
@@ -165,6 +193,12 @@ def step_assignments(state: LedgerState, height: int) -> None:
     market = state.params.market
     windows = market.commit_window_blocks + market.reveal_window_blocks
     book = state.jobs
+    for j in sorted(book):
+        record = book[j]
+        no_time = not schedulable(record, height, windows)
+        if record.status == JobStatus.PENDING and audit_only(record) and no_time:
+            book[j] = replace(record, status=JobStatus.REVEALING, spot_check=SPOT_SKIPPED,
+                              phase_height=height)  # fmt: skip
     due = [j for j in sorted(book) if schedulable(book[j], height, windows)]
     if not due:
         return
@@ -209,6 +243,10 @@ def step_assignments(state: LedgerState, height: int) -> None:
                 phase_height=height,
                 last_reason=REASON_NONE,
             )
+        elif audit_only(record):
+            # No room for the audit replica now: skip the audit rather than hold the job.
+            book[j] = replace(record, status=JobStatus.REVEALING, spot_check=SPOT_SKIPPED,
+                              phase_height=height, last_reason=reason)  # fmt: skip
         elif record.last_reason != reason:
             book[j] = replace(record, last_reason=reason)
 
@@ -217,6 +255,7 @@ def _jobs_hook(state: LedgerState, ctx: BlockContext) -> None:
     count_block(state, ctx.height)
     step_timeouts(state, ctx.height)
     step_assignments(state, ctx.height)
+    step_prices(state)
 
 
 register_block_hook("jobs", _jobs_hook)

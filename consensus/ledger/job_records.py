@@ -111,10 +111,12 @@ class JobStatus(enum.IntEnum):
     """The deadline passed after assignment (or ties ran out of tie-breakers); refunded."""
 
 
+SPOT_WANTED = 1
+SPOT_SKIPPED = 2
 REASON_NONE = 255
 """`JobRecord.last_reason` when the scheduler has not (or no longer) left the job out."""
-REPLICAS_MAX = REDUNDANCY_MAX + 3
-"""k replicas plus at most three tie-breakers."""
+REPLICAS_MAX = REDUNDANCY_MAX + 4
+"""k replicas, a spot check and at most three tie-breakers."""
 EXCLUDED_MAX = 64
 
 
@@ -135,6 +137,9 @@ class JobRecord(Struct):
     """Nodes that failed this job (no-show, withheld): never assigned to it again."""
     tie_breakers: int = _with_default(UInt(3), 0)
     """Extra replicas drawn to break ties so far."""
+    spot_check: int = _with_default(UInt(SPOT_SKIPPED), 0)
+    """SPOT_WANTED if the protocol drew one more replica at random to audit this job,
+    SPOT_SKIPPED if it drew one but no operator had room for it."""
     reroutes: int = _with_default(UInt(), 0)
     phase_height: int = _with_default(UInt(), 0)
     """When the current phase (assigned, revealing, back to pending) began."""
@@ -148,6 +153,14 @@ class JobRecord(Struct):
     refunded: int = _with_default(UInt(), 0)
     billed_ms: int = _with_default(UInt(), 0)
     closed_height: int = _with_default(UInt(), 0)
+    subsidy: int = _with_default(UInt(), 0)
+    """Paid from the protocol account (for a spot-check replica), on top of the escrow:
+    paid + fee_paid + refunded == escrowed + subsidy."""
+
+    @property
+    def replicas_wanted(self) -> int:
+        audit = 1 if self.spot_check == SPOT_WANTED else 0
+        return self.terms.redundancy + self.tie_breakers + audit
 
     def to_wire(self) -> list[codec.Value]:
         """Memoised: a row is frozen (a change replaces it), and the state root encodes every

@@ -19,8 +19,8 @@ from dataclasses import replace
 
 from consensus.ledger.apply import BlockContext, register_tx_handler
 from consensus.ledger.errors import InvalidTransaction, TxCode
-from consensus.ledger.job_flow import WRONG_RESULT, penalise
-from consensus.ledger.job_records import JobRecord, JobStatus
+from consensus.ledger.job_flow import WRONG_RESULT, penalise, spot_checked
+from consensus.ledger.job_records import SPOT_WANTED, JobRecord, JobStatus
 from consensus.ledger.market_records import CommitResult, Replica, RevealResult
 from consensus.ledger.params import BPS
 from consensus.ledger.staking import Effect
@@ -59,12 +59,19 @@ def _commit(
 
     def effect() -> None:
         replicas = _with(record, replace(mine, commitment=tx.commitment))
-        if all(r.committed for r in replicas):
+        updated = replace(record, replicas=replicas)
+        if not all(r.committed for r in replicas):
+            state.jobs[tx.job_id] = updated
+        elif not record.spot_check and spot_checked(state, tx.job_id, ctx.parent_hash):
+            # audit: one more replica, placed by this block's step; the others wait for it
             state.jobs[tx.job_id] = replace(
-                record, replicas=replicas, status=JobStatus.REVEALING, phase_height=ctx.height
-            )
+                updated, spot_check=SPOT_WANTED, status=JobStatus.PENDING,
+                phase_height=ctx.height,
+            )  # fmt: skip
         else:
-            state.jobs[tx.job_id] = replace(record, replicas=replicas)
+            state.jobs[tx.job_id] = replace(
+                updated, status=JobStatus.REVEALING, phase_height=ctx.height
+            )
 
     return effect
 
@@ -134,17 +141,25 @@ def pay_operator(state: LedgerState, operator: bytes, net: int) -> None:
 def settle(
     state: LedgerState, job: bytes, record: JobRecord, found: Verdict, height: int
 ) -> JobRecord:
-    """Pay the winners from the escrow, take the protocol fee, refund the rest."""
+    """Pay the winners, take the protocol fee, refund the rest. The submitter's escrow pays
+    for at most `redundancy` winners (in node order); a further winner (a spot-check replica,
+    drawn by the protocol) is paid from the protocol account, as far as it holds enough."""
     escrow = state.escrows.pop(job)
     left = escrow.amount
     billed = billed_ms(record, found.winners)
     fee_bps = state.params.market.job_fee_bps
-    paid = fees = 0
-    for replica in record.replicas:
-        if replica.node not in found.winners:
-            continue
-        pay = min(left, replica.price_per_gpu_hour * record.terms.gpus * billed // MS_PER_HOUR)
-        left -= pay
+    paid = fees = subsidy = 0
+    winners = [r for r in record.replicas if r.node in found.winners]
+    for n, replica in enumerate(winners):
+        due = replica.price_per_gpu_hour * record.terms.gpus * billed // MS_PER_HOUR
+        if n < record.terms.redundancy:
+            pay = min(left, due)
+            left -= pay
+        else:
+            pay = min(due, state.balance(PROTOCOL_ACCOUNT))
+            if pay:
+                state.debit(PROTOCOL_ACCOUNT, pay)
+            subsidy += pay
         live = state.liveness.setdefault(replica.node, Liveness())
         live.work_units += billed * record.terms.gpus
         fee = pay * fee_bps // BPS
@@ -161,6 +176,7 @@ def settle(
         paid=paid,
         fee_paid=fees,
         refunded=left,
+        subsidy=subsidy,
         billed_ms=billed,
         closed_height=height,
     )

@@ -14,6 +14,7 @@ from consensus.ledger.errors import InvalidTransaction, TxCode
 from consensus.ledger.job_records import JobRecord, JobStatus
 from consensus.ledger.liveness import heard_from, is_down
 from consensus.ledger.market_records import Offer, OfferCapacity
+from consensus.ledger.prices import effective_price, list_classes
 from consensus.ledger.staking import Effect
 from consensus.ledger.state import LedgerState
 from consensus.market.scheduler import NodeOffer
@@ -50,7 +51,7 @@ def market_offers(state: LedgerState) -> list[NodeOffer]:
                 gpus=offer.gpus,
                 free_gpus=max(0, total - busy.get(node, 0)),
                 region=offer.region,
-                price_per_gpu_hour=offer.price_per_gpu_hour,
+                price_per_gpu_hour=effective_price(state, offer),
             )
         )
     return offers
@@ -72,6 +73,7 @@ def _offer(
         if tx.gpus:
             state.offers[sender] = offer
             heard_from(state, sender, ctx.height)
+            list_classes(state, offer)
         else:
             state.offers.pop(sender, None)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus.committee import COMMITTEE_SIZE_MAX
+from consensus.market.pricing import PricingParams
 from p2p.wire import U64_MAX, Nested, Struct, UInt
 
 BPS = 10_000
@@ -69,6 +70,9 @@ class MarketParams(Struct):
     down_after_blocks: int = _param(25, 1_000_000)
     """A node not heard from for more blocks than this is down: not scheduled on, its
     unfinished replicas rerouted at once, and these blocks count against its uptime."""
+    spot_check_permille: int = _param(50, 1000)
+    """Odds that a newly placed job gets one more replica on yet another operator, paid by
+    the protocol account: an audit that a set of colluding or lazy replicas cannot plan for."""
     work_reward_bps: int = _param(5_000, BPS)
     """Share of each epoch's emission split by delivered work (GPU-ms billed) rather than
     by stake x uptime (all of it goes by stake x uptime in an epoch without work)."""
@@ -105,6 +109,9 @@ class LedgerParams(Struct):
     )
     market: MarketParams = dataclasses.field(
         default_factory=MarketParams, metadata={"wire": Nested(MarketParams)}
+    )
+    pricing: PricingParams = dataclasses.field(
+        default_factory=PricingParams, metadata={"wire": Nested(PricingParams)}
     )
 
     def invariant_violation(self) -> str | None:

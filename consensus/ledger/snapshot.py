@@ -23,9 +23,10 @@ from consensus.ledger.state import (
     Operator,
     UnbondingEntry,
 )
+from consensus.market.pricing import CLASSES_MAX, GPU_CLASS_BYTES_MAX, PriceBook
 from p2p import codec
 from p2p.errors import DecodeError
-from p2p.wire import CHAIN_ID_BYTES_MAX, Blob, Nested, Seq, Struct, UInt, wire_field
+from p2p.wire import CHAIN_ID_BYTES_MAX, Blob, Nested, Seq, Struct, Text, UInt, wire_field
 
 ROWS_MAX = 10_000_000
 SNAPSHOT_BYTES_MAX = 1 << 30
@@ -105,6 +106,12 @@ class LivenessRow(Struct):
 
 
 @dataclass(frozen=True)
+class PriceRow(Struct):
+    gpu_class: str = wire_field(Text(GPU_CLASS_BYTES_MAX))
+    price: int = wire_field(UInt())
+
+
+@dataclass(frozen=True)
 class StateSnapshot(Struct):
     """The schema of `LedgerState.to_wire()`, field for field."""
 
@@ -127,11 +134,19 @@ class StateSnapshot(Struct):
     jobs: tuple[JobRow, ...] = wire_field(Seq(Nested(JobRow), ROWS_MAX))
     offers: tuple[OfferRow, ...] = wire_field(Seq(Nested(OfferRow), ROWS_MAX))
     liveness: tuple[LivenessRow, ...] = wire_field(Seq(Nested(LivenessRow), ROWS_MAX))
+    prices: tuple[PriceRow, ...] = wire_field(Seq(Nested(PriceRow), CLASSES_MAX))
 
     def invariant_violation(self) -> str | None:
         if self.format != STATE_FORMAT:
             return f"unknown state format {self.format}"
         return None
+
+
+def _prices(rows: tuple[PriceRow, ...]) -> PriceBook:
+    try:
+        return PriceBook({r.gpu_class: r.price for r in rows})
+    except ValueError as exc:
+        raise DecodeError(f"state snapshot: {exc}") from None
 
 
 def decode_state(data: bytes, *, max_bytes: int = SNAPSHOT_BYTES_MAX) -> LedgerState:
@@ -177,6 +192,7 @@ def decode_state(data: bytes, *, max_bytes: int = SNAPSHOT_BYTES_MAX) -> LedgerS
             )
             for r in snap.liveness
         },
+        prices=_prices(snap.prices),
     )
     if state.encode() != data:
         raise DecodeError("state snapshot is not canonical (unsorted or repeated keys)")

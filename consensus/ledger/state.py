@@ -25,6 +25,7 @@ from consensus.ledger.errors import ConservationError
 from consensus.ledger.job_records import JobRecord
 from consensus.ledger.market_records import Offer
 from consensus.ledger.params import LedgerParams
+from consensus.market.pricing import PriceBook
 from p2p import codec
 
 PROTOCOL_ACCOUNT = hashlib.sha256(b"gpumesh/protocol-account/v1").digest()
@@ -131,6 +132,8 @@ class LedgerState:
     """node -> its committed capacity offer (consensus.ledger.offers); frozen rows."""
     liveness: dict[bytes, Liveness] = field(default_factory=dict)
     """node -> its measured uptime and delivered work (consensus.ledger.liveness)."""
+    prices: PriceBook = field(default_factory=PriceBook)
+    """GPU class -> price per GPU-hour (consensus.ledger.prices); immutable, replaced."""
 
     # -----------------------------------------------------------------------------------------
     # Reading
@@ -300,6 +303,7 @@ class LedgerState:
             evidence_seen=set(self.evidence_seen),
             jobs=dict(self.jobs),
             offers=dict(self.offers),
+            prices=self.prices,
             liveness={
                 k: Liveness(
                     v.last_heartbeat, v.up_blocks, v.counted_blocks, v.work_units, list(v.history)
@@ -355,6 +359,7 @@ class LedgerState:
                 ]
                 for n, v in sorted(self.liveness.items())
             ],
+            self.prices.to_wire(),
         ]
 
     def encode(self) -> bytes:

@@ -15,6 +15,7 @@ LIVE = MarketParams(
     heartbeat_blocks=2,
     down_after_blocks=3,
     work_reward_bps=5_000,
+    spot_check_permille=0,
 )
 EPOCH = 20
 PARAMS = LedgerParams(epoch_blocks=EPOCH, min_stake=1_000, min_fee=FEE, market=LIVE)

@@ -4,6 +4,8 @@ block, no honest node slashed) and the catch rates the design claims."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from consensus.ledger.params import MarketParams
@@ -103,3 +105,20 @@ def test_the_cli_runs_a_seed_and_prints_its_figures() -> None:
     assert json.loads(again.stdout)["trace_sha256"] == doc["trace_sha256"]
     bad = gpumesh("sim", "market", "--nodes", "2")
     assert bad.returncode == 2 and "redundancy" in bad.stderr
+
+
+def test_the_cli_plots_prices_through_a_surge(tmp_path: Path) -> None:
+    import json
+
+    from tests.integration.cli import gpumesh
+
+    plot = tmp_path / "prices.png"
+    args = ["--nodes", "12", "--jobs", "150", "--jobs-per-block", "1", "--surge", "10,20,15"]
+    done = gpumesh("sim", "market", *args, "--churn", "0", "--plot", str(plot), "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    for name, peak in doc["prices"]["peak"].items():
+        assert doc["prices"]["final"][name] < peak
+    bad = gpumesh("sim", "market", "--surge", "5,2,1")
+    assert bad.returncode == 2 and "FIRST <= LAST" in bad.stderr
