@@ -7,7 +7,8 @@ second, every transaction signed).
   (target >= 99.9%) and reroute time, from a node's crash to its replica's replacement
   being assigned (target p99 <= 5 s). Baseline in the same run: the same seed without churn.
 - cheaters: 200 nodes, 2,000 jobs, 5% each of wrong, lazy, liar, flaky and withholding nodes
-  that undercut every honest price; how many faulty replicas were penalised, per behaviour,
+  that undercut every honest price; how many faulty replicas were caught (penalised for a
+  missed step, or outvoted: unpaid, slashed or struck), per behaviour,
   and that no honest node was slashed.
 - soak: 30 days of 5-minute blocks, 20 nodes failing again and again (mean time between
   failures 2 days, outages 5-60 minutes), a job every 5 minutes: network availability (the

@@ -127,7 +127,7 @@ def summary(result: MarketResult) -> Table:
         ("node uptime (ledger)", f"{d['node_uptime_percent']:.3f}%"),
         ("network available", f"{d['network_available_percent']:.3f}%"),
         ("honest nodes slashed", str(len(d["honest_slashed"]))),
-        *((f"caught: {b}", f"{c['penalised']}/{c['seen']}") for b, c in d["caught"].items()),
+        *((f"caught: {b}", f"{c['caught']}/{c['seen']}") for b, c in d["caught"].items()),
         ("trace SHA-256", d["trace_sha256"][:32] + "..."),
     ]  # fmt: skip
     for name, value in rows:

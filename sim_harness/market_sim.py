@@ -158,7 +158,8 @@ class MarketResult:
     reroute_ms: list[int]
     honest_slashed: list[str]
     caught: dict[str, tuple[int, int]]
-    """behaviour -> (faulty replicas penalised, faulty replicas seen)."""
+    """behaviour -> (faulty replicas caught, faulty replicas seen). Caught: penalised for a
+    missed step, or outvoted (unpaid, and slashed or struck, see job_results.conclude)."""
     uptime_percent: float
     available_percent: float
     """Blocks (so minutes of simulated time) in which the network could place a job."""
@@ -190,7 +191,7 @@ class MarketResult:
             "reroute_p50_ms": self.percentile_ms(50),
             "reroute_p99_ms": self.percentile_ms(99),
             "honest_slashed": self.honest_slashed,
-            "caught": {b: {"penalised": c, "seen": s} for b, (c, s) in self.caught.items()},
+            "caught": {b: {"caught": c, "seen": s} for b, (c, s) in self.caught.items()},
             "node_uptime_percent": round(self.uptime_percent, 4),
             "network_available_percent": round(self.available_percent, 4),
             "trace_sha256": self.trace_hash,
@@ -467,8 +468,10 @@ class MarketSim:
             problems.append(f"honest nodes slashed: {honest_slashed}")
         caught = {}
         for behaviour, seen in sorted(self.faulty_seen.items()):
-            penalised = sum(1 for node, job in seen if self._penalised(node, job))
-            caught[behaviour] = (penalised, len(seen))
+            found = sum(
+                1 for node, job in seen if self._penalised(node, job) or self._outvoted(node, job)
+            )
+            caught[behaviour] = (found, len(seen))
         open_jobs = sum(counts[s] for s in (JobStatus.PENDING, JobStatus.ASSIGNED,
                                              JobStatus.REVEALING))  # fmt: skip
         if open_jobs:
@@ -486,6 +489,14 @@ class MarketSim:
             honest_slashed, caught, 100 * up / counted if counted else 100.0,
             100 * self.available_blocks / blocks, self.trace.hexdigest(), problems,
         )  # fmt: skip
+
+    def _outvoted(self, node: bytes, job: bytes) -> bool:
+        """Its digest lost the job's verdict: unpaid, and struck or slashed."""
+        record = self.state.jobs.get(job)
+        if record is None or record.status != JobStatus.SETTLED:
+            return False
+        mine = next((r for r in record.replicas if r.node == node), None)
+        return mine is not None and mine.revealed and mine.digest != record.result_digest
 
     def _penalised(self, node: bytes, job: bytes) -> bool:
         from consensus.ledger.job_flow import NO_SHOW, PENALTY_DOMAIN, WITHHELD, WRONG_RESULT

@@ -61,6 +61,8 @@ MARKET_RANGES: dict[str, tuple[int, int]] = {
     "down_after_blocks": (1, 1_000_000),
     "work_reward_bps": (0, BPS),
     "spot_check_permille": (0, 1000),
+    "strikes_to_jail": (1, 1_000),
+    "deadline_blocks_max": (1, U64_MAX),
 }
 PRICING_RANGES: dict[str, tuple[int, int]] = {
     "target_utilisation_permille": (1, 999),

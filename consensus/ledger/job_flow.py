@@ -25,14 +25,17 @@ from dataclasses import replace
 from consensus.ledger.apply import BlockContext, register_block_hook
 from consensus.ledger.escrow import escrow_refund
 from consensus.ledger.job_records import (
+    EXCLUDED_MAX,
     REASON_NONE,
+    SPOT_CLEAR,
+    SPOT_DUE,
     SPOT_SKIPPED,
     SPOT_WANTED,
     JobRecord,
     JobStatus,
 )
 from consensus.ledger.liveness import count_block, is_down
-from consensus.ledger.market_records import Replica
+from consensus.ledger.market_records import AUDIT, LATE, Replica
 from consensus.ledger.offers import OPEN_STATUSES, market_offers
 from consensus.ledger.prices import step_prices
 from consensus.ledger.staking import slash
@@ -70,8 +73,9 @@ def audit_only(record: JobRecord) -> bool:
     """Every replica has committed and only the spot-check replica is missing."""
     return (
         record.spot_check == SPOT_WANTED
+        and not any(r.audit for r in record.replicas)
         and len(record.replicas) == record.replicas_wanted - 1
-        and all(r.committed for r in record.replicas)
+        and all(r.committed and not r.revealed for r in record.replicas)
     )
 
 
@@ -110,11 +114,16 @@ def drop_replicas(
     for replica in leaving:
         penalise(state, job, replica.node, kind)
     gone = {r.node for r in leaving}
+    excluded = tuple(sorted({*record.excluded, *gone}))
+    kept = tuple(r for r in record.replicas if r.node not in gone)
+    if len(excluded) > EXCLUDED_MAX:  # so many failures: give up rather than overflow
+        gave_up = replace(record, replicas=kept, reroutes=record.reroutes + 1)
+        return close_unsettled(state, job, gave_up)
     return replace(
         record,
         status=JobStatus.PENDING,
-        replicas=tuple(r for r in record.replicas if r.node not in gone),
-        excluded=tuple(sorted({*record.excluded, *gone})),
+        replicas=kept,
+        excluded=excluded,
         reroutes=record.reroutes + 1,
         phase_height=state.height,
     )
@@ -157,7 +166,7 @@ def step_timeouts(state: LedgerState, height: int) -> None:
             expired = height >= record.phase_height + market.commit_window_blocks
             late = [
                 r for r in record.replicas
-                if not r.committed and (expired or is_down(state, r.node, height))
+                if not r.committed and (expired or gone_silent(state, r.node, height))
             ]  # fmt: skip
             if late:
                 book[job] = drop_replicas(state, job, record, late, NO_SHOW)
@@ -165,10 +174,33 @@ def step_timeouts(state: LedgerState, height: int) -> None:
             expired = height >= record.phase_height + market.reveal_window_blocks
             late = [
                 r for r in record.replicas
-                if not r.revealed and (expired or is_down(state, r.node, height))
+                if not r.revealed and (expired or gone_silent(state, r.node, height))
             ]  # fmt: skip
             if late:
                 book[job] = drop_replicas(state, job, record, late, WITHHELD)
+
+
+def gone_silent(state: LedgerState, node: bytes, height: int) -> bool:
+    """Down, for a node that still offers capacity (and so must keep sending heartbeats); a
+    node that withdrew its offer is held only to its windows while it finishes its work."""
+    return node in state.offers and is_down(state, node, height)
+
+
+def step_spot_draws(state: LedgerState, parent_hash: bytes) -> None:
+    """Jobs whose replicas all committed in the previous block: audit or not, drawn from
+    that block's hash. An audited job goes back to PENDING for its audit replica (placed in
+    this block's assignment step); the others start revealing."""
+    book = state.jobs
+    for job in sorted(book):
+        record = book[job]
+        if record.status != JobStatus.ASSIGNED or record.spot_check != SPOT_DUE:
+            continue
+        if spot_checked(state, job, parent_hash):
+            book[job] = replace(record, spot_check=SPOT_WANTED, status=JobStatus.PENDING,
+                                phase_height=state.height)  # fmt: skip
+        else:
+            book[job] = replace(record, spot_check=SPOT_CLEAR, status=JobStatus.REVEALING,
+                                phase_height=state.height)  # fmt: skip
 
 
 def schedulable(record: JobRecord, height: int, windows: int) -> bool:
@@ -235,7 +267,10 @@ def step_assignments(state: LedgerState, height: int) -> None:
         nodes, reason = outcomes[j]
         record = book[j]
         if nodes:
-            added = tuple(Replica(n, price[n], height) for n in nodes)
+            flags = LATE if any(r.revealed for r in record.replicas) else 0
+            if audit_only(record):
+                flags |= AUDIT
+            added = tuple(Replica(n, price[n], height, flags=flags) for n in nodes)
             book[j] = replace(
                 record,
                 status=JobStatus.ASSIGNED,
@@ -253,6 +288,7 @@ def step_assignments(state: LedgerState, height: int) -> None:
 
 def _jobs_hook(state: LedgerState, ctx: BlockContext) -> None:
     count_block(state, ctx.height)
+    step_spot_draws(state, ctx.parent_hash)
     step_timeouts(state, ctx.height)
     step_assignments(state, ctx.height)
     step_prices(state)

@@ -112,7 +112,14 @@ class JobStatus(enum.IntEnum):
 
 
 SPOT_WANTED = 1
+"""An audit replica was drawn and is wanted."""
 SPOT_SKIPPED = 2
+"""An audit was drawn but no operator had room (or time) for it."""
+SPOT_DUE = 3
+"""Every replica has committed: the next block draws whether to audit (from the hash of the
+block that holds the last commitment, which no committer can know when it sends)."""
+SPOT_CLEAR = 4
+"""Drawn: no audit."""
 REASON_NONE = 255
 """`JobRecord.last_reason` when the scheduler has not (or no longer) left the job out."""
 REPLICAS_MAX = REDUNDANCY_MAX + 4
@@ -137,7 +144,7 @@ class JobRecord(Struct):
     """Nodes that failed this job (no-show, withheld): never assigned to it again."""
     tie_breakers: int = _with_default(UInt(3), 0)
     """Extra replicas drawn to break ties so far."""
-    spot_check: int = _with_default(UInt(SPOT_SKIPPED), 0)
+    spot_check: int = _with_default(UInt(SPOT_CLEAR), 0)
     """SPOT_WANTED if the protocol drew one more replica at random to audit this job,
     SPOT_SKIPPED if it drew one but no operator had room for it."""
     reroutes: int = _with_default(UInt(), 0)

@@ -2,15 +2,15 @@
 every replica has revealed, and settlement.
 
 Settlement pays each winning replica `price * gpus * billed_ms / 3,600,000` (its assigned
-price per GPU-hour), where `billed_ms` is the least runtime any winner reported, capped by
-the job's hours: a node that inflates its runtime bills nothing extra, since the fastest
-honest replica sets the bill for all. From each payment the protocol takes `job_fee_bps`;
+price per GPU-hour), where `billed_ms` is the winners' median runtime, capped by the job's
+hours (see `billed_ms`). From each payment the protocol takes `job_fee_bps`;
 of the rest the operator takes its commission to its balance and the remainder joins its
 pool, which pays its delegators pro rata (as rewards do). What the escrow does not pay is
-refunded to the submitter. The losing minority of a MAJORITY verdict is slashed and jailed:
-its revealed digest, the winners' and the commitments are all in the job's record, so any
-node can re-check the evidence. A TIE asks for one more replica (up to `tie_breakers_max`),
-and with none left the job fails and is refunded.
+refunded to the submitter. The losing minority of a MAJORITY verdict is slashed and jailed
+when the replicas that committed blind (before any digest of the job was public) agree on
+the winning digest by a strict majority: their revealed digests and commitments are all in
+the job's record, so any node can re-check the evidence. A TIE asks for one more replica
+(up to `tie_breakers_max`), and with none left the job fails and is refunded.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from dataclasses import replace
 
 from consensus.ledger.apply import BlockContext, register_tx_handler
 from consensus.ledger.errors import InvalidTransaction, TxCode
-from consensus.ledger.job_flow import WRONG_RESULT, penalise, spot_checked
-from consensus.ledger.job_records import SPOT_WANTED, JobRecord, JobStatus
+from consensus.ledger.job_flow import WRONG_RESULT, penalise
+from consensus.ledger.job_records import SPOT_DUE, JobRecord, JobStatus
+from consensus.ledger.liveness import heard_from
 from consensus.ledger.market_records import CommitResult, Replica, RevealResult
 from consensus.ledger.params import BPS
 from consensus.ledger.staking import Effect
@@ -60,14 +61,12 @@ def _commit(
     def effect() -> None:
         replicas = _with(record, replace(mine, commitment=tx.commitment))
         updated = replace(record, replicas=replicas)
+        heard_from(state, sender, ctx.height)
         if not all(r.committed for r in replicas):
             state.jobs[tx.job_id] = updated
-        elif not record.spot_check and spot_checked(state, tx.job_id, ctx.parent_hash):
-            # audit: one more replica, placed by this block's step; the others wait for it
-            state.jobs[tx.job_id] = replace(
-                updated, spot_check=SPOT_WANTED, status=JobStatus.PENDING,
-                phase_height=ctx.height,
-            )  # fmt: skip
+        elif not record.spot_check and state.params.market.spot_check_permille:
+            # the next block draws whether to audit (job_flow.step_spot_draws)
+            state.jobs[tx.job_id] = replace(updated, spot_check=SPOT_DUE)
         else:
             state.jobs[tx.job_id] = replace(
                 updated, status=JobStatus.REVEALING, phase_height=ctx.height
@@ -89,6 +88,7 @@ def _reveal(
         )
 
     def effect() -> None:
+        heard_from(state, sender, ctx.height)
         replicas = _with(record, replace(mine, digest=tx.digest, runtime_ms=tx.runtime_ms))
         updated = replace(record, replicas=replicas)
         if all(r.revealed for r in replicas):
@@ -110,9 +110,30 @@ def conclude(state: LedgerState, job: bytes, record: JobRecord, height: int) -> 
         refunded = state.escrows[job].amount
         _refund(state, job)
         return replace(record, status=JobStatus.FAILED, refunded=refunded, closed_height=height)
-    for node in found.losers:
-        penalise(state, job, node, WRONG_RESULT)
+    blind = [(r.node, r.digest) for r in record.replicas if not r.late]
+    judged = verdict(blind) if blind else None
+    if judged is not None and judged.outcome != Outcome.TIE and judged.digest == found.digest:
+        for node in found.losers:
+            penalise(state, job, node, WRONG_RESULT)
+    else:
+        for node in found.losers:
+            strike(state, node)
+    # Otherwise the majority rests on replicas that joined after digests were public (a
+    # tie-breaker or a replacement, which could have copied): it decides the result and
+    # the pay, but it slashes no one, so a lazy copier can never get an honest node slashed.
     return settle(state, job, record, found, height)
+
+
+def strike(state: LedgerState, node: bytes) -> None:
+    """Count a lost verdict that could not be slashed; at `strikes_to_jail` in one epoch the
+    node is jailed (no rewards, not scheduled, off the committee), its stake untouched."""
+    live = state.liveness.setdefault(node, Liveness())
+    live.strikes += 1
+    op = state.operators.get(node)
+    if op is not None and live.strikes >= state.params.market.strikes_to_jail:
+        op.jailed_until_epoch = max(
+            op.jailed_until_epoch, state.epoch + state.params.jail_epochs + 1
+        )
 
 
 def _refund(state: LedgerState, job: bytes) -> None:
@@ -121,9 +142,11 @@ def _refund(state: LedgerState, job: bytes) -> None:
 
 
 def billed_ms(record: JobRecord, winners: tuple[bytes, ...]) -> int:
-    """The least runtime among the winners, capped by the job's hours."""
-    least = min(r.runtime_ms for r in record.replicas if r.node in winners)
-    return min(least, record.terms.max_hours_milli * MS_PER_MILLI_HOUR)
+    """The winners' median runtime (the upper one of an even count), capped by the job's
+    hours: one winner reporting 0 cannot zero everyone's pay, and one inflating its runtime
+    moves the bill only as far as the median, never past the hours the submitter allowed."""
+    runtimes = sorted(r.runtime_ms for r in record.replicas if r.node in winners)
+    return min(runtimes[len(runtimes) // 2], record.terms.max_hours_milli * MS_PER_MILLI_HOUR)
 
 
 def pay_operator(state: LedgerState, operator: bytes, net: int) -> None:
@@ -149,7 +172,9 @@ def settle(
     billed = billed_ms(record, found.winners)
     fee_bps = state.params.market.job_fee_bps
     paid = fees = subsidy = 0
-    winners = [r for r in record.replicas if r.node in found.winners]
+    winners = sorted(
+        (r for r in record.replicas if r.node in found.winners), key=lambda r: (r.audit, r.node)
+    )  # the audit replica last: the submitter's escrow pays for its own replicas first
     for n, replica in enumerate(winners):
         due = replica.price_per_gpu_hour * record.terms.gpus * billed // MS_PER_HOUR
         if n < record.terms.redundancy:

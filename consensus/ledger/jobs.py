@@ -87,7 +87,7 @@ def expire_jobs(state: LedgerState, height: int) -> tuple[bytes, ...]:
 # Handlers
 
 
-def check_terms(tx: SubmitJob, height: int) -> None:
+def check_terms(tx: SubmitJob, height: int, deadline_blocks_max: int = 0) -> None:
     """The job's own rules, independent of balances: InvalidTransaction saying why not."""
     if tx.kind not in JOB_KINDS:
         raise InvalidTransaction(
@@ -103,6 +103,12 @@ def check_terms(tx: SubmitJob, height: int) -> None:
         raise InvalidTransaction(
             DEADLINE_PASSED, f"deadline {tx.deadline_height} is not after height {height}"
         )
+    if deadline_blocks_max and tx.deadline_height - height > deadline_blocks_max:
+        raise InvalidTransaction(
+            BAD_JOB,
+            f"deadline {tx.deadline_height} is more than {deadline_blocks_max} blocks away: "
+            "an escrow may not be locked for longer",
+        )
     if tx.max_cost == 0:
         raise InvalidTransaction(
             TxCode.BELOW_MINIMUM,
@@ -114,7 +120,7 @@ def check_terms(tx: SubmitJob, height: int) -> None:
 def _submit(
     state: LedgerState, sender: bytes, tx: SubmitJob, spendable: int, ctx: BlockContext
 ) -> Effect:
-    check_terms(tx, ctx.height)
+    check_terms(tx, ctx.height, state.params.market.deadline_blocks_max)
     cost = tx.max_cost
     if cost > spendable:
         raise InvalidTransaction(

@@ -27,6 +27,9 @@ SALT_BYTES = 32
 COMMITMENT_BYTES = 32
 OFFER_GPU_SPECS_MAX = 16
 REGION_BYTES_MAX = 32
+LATE = 1
+AUDIT = 2
+REPLICA_FLAGS_MAX = LATE | AUDIT
 RUNTIME_MS_MAX = 30 * 24 * 3600 * 1000
 """A month: no replica may claim more (the job's own hours cap bills far less)."""
 
@@ -118,6 +121,17 @@ class Replica(Struct):
     digest: bytes = _with_default(Blob(DIGEST_BYTES), b"")
     """b"" until revealed."""
     runtime_ms: int = _with_default(UInt(RUNTIME_MS_MAX), 0)
+    flags: int = _with_default(UInt(REPLICA_FLAGS_MAX), 0)
+    """LATE: assigned after a digest of the job was public, so it could have copied one (its
+    vote never slashes anyone); AUDIT: the protocol's spot-check replica (paid by it)."""
+
+    @property
+    def late(self) -> bool:
+        return bool(self.flags & LATE)
+
+    @property
+    def audit(self) -> bool:
+        return bool(self.flags & AUDIT)
 
     @property
     def committed(self) -> bool:

@@ -70,6 +70,11 @@ class MarketParams(Struct):
     down_after_blocks: int = _param(25, 1_000_000)
     """A node not heard from for more blocks than this is down: not scheduled on, its
     unfinished replicas rerouted at once, and these blocks count against its uptime."""
+    deadline_blocks_max: int = _param(1_000_000, U64_MAX)
+    """The furthest deadline a job may set: bounds how long its escrow can stay locked."""
+    strikes_to_jail: int = _param(2, 1_000)
+    """Verdicts a node may lose in one epoch without being slashable (see job_results)
+    before it is jailed, stake untouched: a persistent cheater stops being scheduled."""
     spot_check_permille: int = _param(50, 1000)
     """Odds that a newly placed job gets one more replica on yet another operator, paid by
     the protocol account: an audit that a set of colluding or lazy replicas cannot plan for."""

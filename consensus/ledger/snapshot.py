@@ -103,6 +103,7 @@ class LivenessRow(Struct):
     counted_blocks: int = wire_field(UInt())
     work_units: int = wire_field(UInt())
     history: tuple[UptimeRow, ...] = wire_field(Seq(Nested(UptimeRow), UPTIME_EPOCHS_KEPT))
+    strikes: int = wire_field(UInt())
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ def decode_state(data: bytes, *, max_bytes: int = SNAPSHOT_BYTES_MAX) -> LedgerS
                 r.counted_blocks,
                 r.work_units,
                 [(h.epoch, h.up_blocks, h.counted_blocks) for h in r.history],
+                r.strikes,
             )
             for r in snap.liveness
         },

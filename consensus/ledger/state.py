@@ -31,7 +31,8 @@ from p2p import codec
 PROTOCOL_ACCOUNT = hashlib.sha256(b"gpumesh/protocol-account/v1").digest()
 """Where fees and reward remainders go. A hash, not a key: no one can sign for it, so what it
 holds can only leave by a future protocol rule."""
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+"""2: the market's tables (offers, liveness, prices) and job lifecycle fields."""
 
 
 @dataclass
@@ -84,6 +85,9 @@ class Liveness:
     """GPU-milliseconds billed on its winning replicas this epoch: the work part of rewards."""
     history: list[tuple[int, int, int]] = field(default_factory=list)
     """(epoch, up_blocks, counted_blocks) of the last UPTIME_EPOCHS_KEPT closed epochs."""
+    strikes: int = 0
+    """Verdicts lost this epoch that could not be slashed (the majority rested on replicas
+    that had seen the digests): enough of them jail the node without burning stake."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ class LedgerState:
             if live.counted_blocks:
                 live.history.append((self.epoch, live.up_blocks, live.counted_blocks))
                 del live.history[:-UPTIME_EPOCHS_KEPT]
-            live.up_blocks = live.counted_blocks = live.work_units = 0
+            live.up_blocks = live.counted_blocks = live.work_units = live.strikes = 0
 
     def unbonding_count(self, account: bytes) -> int:
         return sum(1 for e in self.unbonding if e.account == account)
@@ -306,7 +310,12 @@ class LedgerState:
             prices=self.prices,
             liveness={
                 k: Liveness(
-                    v.last_heartbeat, v.up_blocks, v.counted_blocks, v.work_units, list(v.history)
+                    v.last_heartbeat,
+                    v.up_blocks,
+                    v.counted_blocks,
+                    v.work_units,
+                    list(v.history),
+                    v.strikes,
                 )
                 for k, v in self.liveness.items()
             },
@@ -356,6 +365,7 @@ class LedgerState:
                     v.counted_blocks,
                     v.work_units,
                     [list(h) for h in v.history],
+                    v.strikes,
                 ]
                 for n, v in sorted(self.liveness.items())
             ],

@@ -27,7 +27,7 @@ from consensus.ledger import (
 )
 from consensus.ledger.genesis import Genesis, GenesisOperator
 from consensus.ledger.job_records import REASON_NONE, JobRecord, JobStatus, SubmitJob, job_id
-from consensus.ledger.market_records import CommitResult, OfferCapacity, RevealResult
+from consensus.ledger.market_records import CommitResult, Heartbeat, OfferCapacity, RevealResult
 from consensus.ledger.params import MarketParams
 from consensus.market.scheduler import Reason
 from consensus.market.verify import result_commitment
@@ -203,16 +203,16 @@ def test_a_job_is_assigned_committed_revealed_and_settled_with_exact_payments() 
     m.commit(b, job)
     m.ok()
     assert m.job(job).status == JobStatus.REVEALING
-    m.reveal(a, job, ms=50_000)  # the slower replica; billing takes the least runtime
-    m.reveal(b, job, ms=36_000)
+    m.reveal(a, job, ms=50_000)  # billing takes the winners' median runtime (the upper
+    m.reveal(b, job, ms=36_000)  # of two): one replica reporting 0 cannot zero the pay
     m.ok()
 
     record = m.job(job)
     assert record.status == JobStatus.SETTLED and record.result_digest == RIGHT
-    pay = PRICE * 1 * 36_000 // 3_600_000  # 10,000 each
+    pay = PRICE * 1 * 50_000 // 3_600_000  # 13,888 each
     fee = pay * 500 // BPS
     commission = (pay - fee) * COMMISSION_BPS // BPS
-    assert record.billed_ms == 36_000
+    assert record.billed_ms == 50_000
     assert (record.paid, record.fee_paid) == (2 * (pay - fee), 2 * fee)
     assert record.refunded == escrow - 2 * pay
     for node in (a, b):
@@ -328,8 +328,11 @@ def test_the_minority_of_three_is_slashed_jailed_and_unpaid() -> None:
     assert record.paid == 2 * (pay - pay * 500 // BPS)
 
 
-def test_a_tie_draws_a_tie_breaker_on_a_third_operator_and_the_majority_stands() -> None:
-    m = offered_market()
+def tie_then_breaker(
+    m: Market, breaker_digest: bytes
+) -> tuple[bytes, Identity, Identity, Identity]:
+    """A k=2 job split 1-1 (honest RIGHT, liar WRONG), then a tie-breaker revealing
+    `breaker_digest`; returns (job, honest, liar, breaker)."""
     job = m.submit(redundancy=2)
     m.ok()
     honest, liar = m.replicas(job)
@@ -342,16 +345,36 @@ def test_a_tie_draws_a_tie_breaker_on_a_third_operator_and_the_majority_stands()
     record = m.job(job)
     assert record.status == JobStatus.ASSIGNED and record.tie_breakers == 1
     (breaker,) = [n for n in m.replicas(job) if n not in (honest, liar)]
-    m.commit(breaker, job)
+    assert next(r for r in m.job(job).replicas if r.node == breaker.public_key).late
+    m.commit(breaker, job, breaker_digest)
     m.ok()
     assert m.job(job).status == JobStatus.REVEALING
-    m.reveal(breaker, job)
+    m.reveal(breaker, job, breaker_digest)
     m.ok()
+    return job, honest, liar, breaker
+
+
+def test_a_tie_draws_a_tie_breaker_on_a_third_operator_and_the_majority_stands() -> None:
+    m = offered_market()
+    job, honest, liar, breaker = tie_then_breaker(m, RIGHT)
     record = m.job(job)
     assert record.status == JobStatus.SETTLED and record.result_digest == RIGHT
-    assert m.state.is_jailed(liar.public_key)
+    paid = {r.node for r in record.replicas if r.digest == RIGHT}
+    assert paid == {honest.public_key, breaker.public_key}
+    assert liar.public_key not in m.state.work_units()  # outvoted: not paid
+    # The majority rests on a replica that saw both digests before committing, so it
+    # decides the result and the pay but slashes no one (see the next test for why).
+    for node in (honest, liar, breaker):
+        assert m.state.operators[node.public_key].slashed_total == 0
+
+
+def test_a_late_replica_copying_the_wrong_digest_cannot_get_an_honest_node_slashed() -> None:
+    m = offered_market()
+    job, honest, _, _ = tie_then_breaker(m, WRONG)  # a lazy breaker sides wrongly
+    record = m.job(job)
+    assert record.status == JobStatus.SETTLED and record.result_digest == WRONG
+    assert m.state.operators[honest.public_key].slashed_total == 0
     assert not m.state.is_jailed(honest.public_key)
-    assert not m.state.is_jailed(breaker.public_key)
 
 
 def test_ties_without_tie_breakers_left_fail_the_job_and_refund_it() -> None:
@@ -549,3 +572,47 @@ def test_market_params_refuse_empty_windows(bad: dict[str, int]) -> None:
 
     with pytest.raises(InvalidRecord, match="window"):
         MarketParams(**bad)
+
+
+def test_a_job_that_exhausts_its_exclusion_list_fails_instead_of_halting_the_chain() -> None:
+    from dataclasses import replace
+
+    from consensus.ledger.job_records import EXCLUDED_MAX
+
+    m = offered_market()
+    job = m.submit(redundancy=2)
+    m.ok()
+    crowd = tuple(sorted(bytes([i]) * 32 for i in range(EXCLUDED_MAX)))
+    m.state.jobs[job] = replace(m.job(job), excluded=crowd)  # 64 earlier failures
+    before = m.balance(USER)
+    for _ in range(MARKET.commit_window_blocks):  # nobody commits: one more exclusion
+        m.ok()
+    record = m.job(job)
+    assert record.status == JobStatus.FAILED and record.refunded == record.escrowed
+    assert m.balance(USER) == before + record.escrowed
+
+
+def test_a_node_that_withdraws_its_offer_may_still_finish_its_replicas() -> None:
+    params = LedgerParams(
+        min_stake=1_000, min_fee=FEE,
+        market=MarketParams(commit_window_blocks=12, reveal_window_blocks=4, heartbeat_blocks=1,
+                            down_after_blocks=2, spot_check_permille=0),
+    )  # fmt: skip
+    m = offered_market(params=params)
+    job = m.submit(redundancy=2)
+    m.ok()
+    leaving, staying = m.replicas(job)
+    m.offer(leaving, gpus=())  # withdraws: no more heartbeats accepted from it
+    m.ok()
+    for _ in range(6):  # far past down_after_blocks, inside the commit window
+        m.send(staying, Heartbeat)
+        m.ok()
+    assert leaving.public_key not in m.job(job).excluded
+    m.commit(leaving, job)
+    m.commit(staying, job)
+    m.ok()
+    m.reveal(leaving, job)
+    m.reveal(staying, job)
+    m.ok()
+    assert m.job(job).status == JobStatus.SETTLED
+    assert m.state.operators[leaving.public_key].slashed_total == 0

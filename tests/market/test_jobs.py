@@ -438,3 +438,10 @@ def test_random_submits_and_cancels_conserve_supply(
         assert {j: e.amount for j, e in state.escrows.items()} == pending
         for r in book.values():
             assert r.escrowed == r.terms.max_cost
+
+
+def test_a_deadline_too_far_away_is_refused() -> None:
+    state = fresh()
+    far = state.params.market.deadline_blocks_max + 2
+    reason = refused(state, tx(ALICE, submit(0, deadline_height=far)), TxCode.BAD_JOB)
+    assert "blocks away" in reason

@@ -8,7 +8,7 @@ import hashlib
 
 from consensus.ledger import PROTOCOL_ACCOUNT, LedgerParams
 from consensus.ledger.job_flow import spot_checked
-from consensus.ledger.job_records import SPOT_SKIPPED, SPOT_WANTED, JobStatus
+from consensus.ledger.job_records import SPOT_DUE, SPOT_SKIPPED, SPOT_WANTED, JobStatus
 from consensus.ledger.params import MarketParams
 from consensus.ledger.tx import Transfer
 from tests.market.test_job_lifecycle import (
@@ -33,6 +33,8 @@ def commit_all(m: Market, job: bytes, digests: dict[int, bytes] | None = None) -
         if not next(r for r in m.job(job).replicas if r.node == node.public_key).committed:
             m.commit(node, job, (digests or {}).get(i, RIGHT))
     m.ok()
+    if m.job(job).spot_check == SPOT_DUE:
+        m.ok()  # the block after the last commitment draws whether to audit
 
 
 def test_an_audit_replica_joins_after_the_commits_and_the_protocol_pays_it() -> None:
@@ -60,28 +62,29 @@ def test_an_audit_replica_joins_after_the_commits_and_the_protocol_pays_it() -> 
     assert m.balance(PROTOCOL_ACCOUNT) == protocol - pay + fees + 3 * FEE
 
 
-def test_an_audit_catches_a_lone_lazy_replica() -> None:
+def test_an_audit_catches_a_lone_lazy_replica_in_a_blind_majority() -> None:
     m = offered_market(params=ALWAYS)
-    job = m.submit(redundancy=1)
+    job = m.submit(redundancy=2)
     m.ok()
-    (lazy,) = m.replicas(job)
+    honest, lazy = m.replicas(job)
+    m.commit(honest, job)
     m.commit(lazy, job, WRONG)
     m.ok()
-    assert m.job(job).spot_check == SPOT_WANTED
-    (auditor,) = [n for n in m.replicas(job) if n is not lazy]
+    m.ok()  # the next block draws the audit
+    record = m.job(job)
+    assert record.spot_check == SPOT_WANTED and record.status == JobStatus.ASSIGNED
+    (auditor,) = [n for n in m.replicas(job) if n not in (honest, lazy)]
+    audit = next(r for r in record.replicas if r.node == auditor.public_key)
+    assert audit.audit and not audit.late  # drawn before any digest was public: blind
     m.commit(auditor, job)
     m.ok()
-    m.reveal(lazy, job, WRONG)
-    m.reveal(auditor, job)
-    m.ok()  # 1-1: a tie-breaker is drawn
-    (breaker,) = [n for n in m.replicas(job) if n not in (lazy, auditor)]
-    m.commit(breaker, job)
-    m.ok()
-    m.reveal(breaker, job)
+    for node in (honest, lazy, auditor):
+        m.reveal(node, job, WRONG if node is lazy else RIGHT)
     m.ok()
     record = m.job(job)
     assert record.status == JobStatus.SETTLED and record.result_digest == RIGHT
-    assert m.state.is_jailed(lazy.public_key)
+    assert m.state.is_jailed(lazy.public_key)  # outvoted 2-1 by blind replicas: slashed
+    assert m.state.operators[honest.public_key].slashed_total == 0
     assert m.state.operators[auditor.public_key].slashed_total == 0
 
 

@@ -37,11 +37,11 @@ def test_cheaters_are_caught_and_no_honest_node_is_slashed() -> None:
     assert result.problems == [] and result.honest_slashed == []
     assert set(result.caught) == set(BEHAVIOURS[1:]), result.caught
     for behaviour in ("liar", "flaky", "withhold"):  # a missed step is always seen
-        penalised, seen = result.caught[behaviour]
-        assert seen > 0 and penalised == seen, (behaviour, result.caught)
+        caught, seen = result.caught[behaviour]
+        assert seen > 0 and caught == seen, (behaviour, result.caught)
     for behaviour in ("wrong", "lazy"):  # caught when outvoted by a strict majority
-        penalised, seen = result.caught[behaviour]
-        assert 0 < penalised <= seen, (behaviour, result.caught)
+        caught, seen = result.caught[behaviour]
+        assert 0 < caught <= seen, (behaviour, result.caught)
     assert result.completion_rate > 0.9
 
 
