@@ -246,7 +246,7 @@ def cmd_chain_init(args: argparse.Namespace) -> int:
 # -- parsers ------------------------------------------------------------------------------------
 
 
-def _node_args(p: argparse.ArgumentParser) -> None:
+def node_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--node", default="node-0", help="status URL, HOST:PORT or a swarm node name (node-0)"
     )
@@ -277,7 +277,7 @@ def add_chain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         t.add_argument("--nonce", type=int, default=None, help="default: the account's next")
         t.add_argument("--wait", action="store_true", help="wait until committed")
         t.add_argument("--timeout", type=float, default=30.0)
-        _node_args(t)
+        node_args(t)
         t.set_defaults(func=cmd_tx)
 
     ledger = sub.add_parser("ledger", help="balances and stakes").add_subparsers(
@@ -285,14 +285,14 @@ def add_chain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     s = ledger.add_parser("show", help="one account, or every account and operator")
     s.add_argument("account", nargs="?", metavar="ACCOUNT")
-    _node_args(s)
+    node_args(s)
     s.set_defaults(func=cmd_ledger_show)
 
     chain = sub.add_parser("chain", help="the chain's head and committee").add_subparsers(
         dest="action", required=True
     )
     c = chain.add_parser("status", help="height, head, committee, round, last commit")
-    _node_args(c)
+    node_args(c)
     c.set_defaults(func=cmd_chain_status)
     c = chain.add_parser(
         "init", help="provision a new node's chain store so it may vote from genesis"

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from node.cli_chain import node_args
 from node.cli_chain_http import ChainCliError, NodeClient, parse_account
 
 EXIT_REFUSED = 1
@@ -381,12 +382,6 @@ def _out(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
         console.print(text, highlight=False)
 
 
-def _node_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node", default="node-0", help="status URL, HOST:PORT or a swarm node name")
-    p.add_argument("--swarm", default="swarm", help="swarm folder for node names")
-    p.add_argument("--json", action="store_true")
-
-
 def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     job = sub.add_parser("job", help="submit and follow compute jobs").add_subparsers(
         dest="action", required=True
@@ -412,25 +407,25 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     s.add_argument("--deadline-blocks", type=int, default=200, help="blocks from now")
     s.add_argument("--wait", action="store_true")
     s.add_argument("--timeout", type=float, default=120.0)
-    _node_args(s)
+    node_args(s)
     s.set_defaults(func=cmd_job_submit)
     st = job.add_parser("status", help="one job's record and replicas")
     st.add_argument("job", metavar="JOB", help="job id (64 hex digits)")
-    _node_args(st)
+    node_args(st)
     st.set_defaults(func=cmd_job_status)
     ls = job.add_parser("list", help="every job (or one submitter's)")
     ls.add_argument("--submitter", default=None, help="hex account, peer id or key file")
-    _node_args(ls)
+    node_args(ls)
     ls.set_defaults(func=cmd_job_list)
     r = job.add_parser("result", help="fetch a settled job's result, checked against its digest")
     r.add_argument("job", metavar="JOB")
     r.add_argument("--out", required=True, help="FILE.npy, or FILE.png for a render tile")
-    _node_args(r)
+    node_args(r)
     r.set_defaults(func=cmd_job_result)
     c = job.add_parser("cancel", help="withdraw a job not yet assigned (full refund)")
     c.add_argument("job", metavar="JOB")
     c.add_argument("--key", required=True)
-    _node_args(c)
+    node_args(c)
     c.set_defaults(func=cmd_job_cancel)
 
     u = sub.add_parser("uptime", help="measured availability per node and for the network")
@@ -444,8 +439,8 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         dest="action", required=True
     )
     o = market.add_parser("offers", help="committed capacity offers and busy GPUs")
-    _node_args(o)
+    node_args(o)
     o.set_defaults(func=cmd_market_offers)
     pr = market.add_parser("prices", help="each GPU class's price, supply and demand")
-    _node_args(pr)
+    node_args(pr)
     pr.set_defaults(func=cmd_market_prices)

@@ -165,8 +165,8 @@ class NodeRuntime:
             )
             self.jobs = JobRunner(
                 identity, self.chain, config.chain_data_dir / "results", wanted,
-                on_change=self._changed,
-            )  # fmt: skip
+                slots=sum(g.count for g in capacity.gpus), on_change=self._changed,
+            )  # one replica per GPU at a time, as the scheduler counts them  # fmt: skip
         self.transport: Transport | None = None
         self.metrics: NodeMetrics | None = None
         self.status_app: StatusApp | None = None

@@ -162,22 +162,18 @@ def step_timeouts(state: LedgerState, height: int) -> None:
             continue
         if height >= record.terms.deadline_height:
             book[job] = close_unsettled(state, job, record)
-        elif record.status == JobStatus.ASSIGNED:
-            expired = height >= record.phase_height + market.commit_window_blocks
+        elif record.status in (JobStatus.ASSIGNED, JobStatus.REVEALING):
+            committing = record.status == JobStatus.ASSIGNED
+            window = market.commit_window_blocks if committing else market.reveal_window_blocks
+            expired = height >= record.phase_height + window
             late = [
                 r for r in record.replicas
-                if not r.committed and (expired or gone_silent(state, r.node, height))
+                if not (r.committed if committing else r.revealed)
+                and (expired or gone_silent(state, r.node, height))
             ]  # fmt: skip
             if late:
-                book[job] = drop_replicas(state, job, record, late, NO_SHOW)
-        elif record.status == JobStatus.REVEALING:
-            expired = height >= record.phase_height + market.reveal_window_blocks
-            late = [
-                r for r in record.replicas
-                if not r.revealed and (expired or gone_silent(state, r.node, height))
-            ]  # fmt: skip
-            if late:
-                book[job] = drop_replicas(state, job, record, late, WITHHELD)
+                fault = NO_SHOW if committing else WITHHELD
+                book[job] = drop_replicas(state, job, record, late, fault)
 
 
 def gone_silent(state: LedgerState, node: bytes, height: int) -> bool:
