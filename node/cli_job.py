@@ -313,6 +313,11 @@ def prices_table(doc: dict[str, Any]) -> Table:
     return table
 
 
+def _offer_state(offer: dict[str, Any]) -> str:
+    state = "active" if offer["active"] else "inactive"
+    return state + (", [yellow]audited[/]" if offer.get("watched") else "")
+
+
 def cmd_market_offers(args: argparse.Namespace) -> int:
     _, doc = get_json(_client(args), "/offers")
     if args.json:
@@ -324,7 +329,7 @@ def cmd_market_offers(args: argparse.Namespace) -> int:
     for o in doc["offers"]:
         gpus = ", ".join(f"{c}x {m} ({mem // 1024} GiB)" for m, c, mem in o["gpus"])
         table.add_row(o["node"][:12], gpus, o["region"], str(o["price_per_gpu_hour"]),
-                      str(o["busy_gpus"]), "active" if o["active"] else "inactive")  # fmt: skip
+                      str(o["busy_gpus"]), _offer_state(o))  # fmt: skip
     console.print(table)
     return 0
 

@@ -8,6 +8,8 @@ It watches the committed state and does what the ledger expects of this node:
 - once every replica has committed, reveals (`RevealResult`);
 - sends a `Heartbeat` every `heartbeat_blocks` blocks while it has an offer (the ledger
   measures uptime from them, and reroutes a silent node's replicas at once);
+- every ANOMALY_EVERY_BLOCKS blocks, looks for nodes whose runtimes do not fit their GPU
+  class (node/anomaly.py) and flags them (`FlagNode`), which makes the ledger audit them;
 - serves stored results to peers over `PROTOCOL_RESULT`, and fetches a settled job's result
   from a winning replica for the CLI, checking its bytes against the committed digest.
 
@@ -34,10 +36,18 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 from consensus.ledger.job_records import JobRecord, JobStatus
-from consensus.ledger.market_records import CommitResult, Heartbeat, OfferCapacity, RevealResult
+from consensus.ledger.liveness import is_watched
+from consensus.ledger.market_records import (
+    CommitResult,
+    FlagNode,
+    Heartbeat,
+    OfferCapacity,
+    RevealResult,
+)
 from consensus.ledger.state import LedgerState
 from consensus.ledger.tx import LedgerTx
 from consensus.market.verify import result_commitment
+from node.anomaly import anomalies_in
 from node.chain_service import ChainService, peer_of
 from node.job_exec import JobParamsError, execute, output_digest
 from node.logs import LOGGER_NAME, log_event
@@ -54,6 +64,7 @@ RESEND_BLOCKS = 4
 FETCH_TIMEOUT_MS = 10_000
 MS_PER_MILLI_HOUR = 3_600
 HEADS_KEPT = 200
+ANOMALY_EVERY_BLOCKS = 20
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,7 @@ class JobRunner:
         self._sent: dict[tuple[bytes, str], int] = {}
         """(job or b"offer", step) -> the height we sent it at."""
         self._transport: Transport | None = None
+        self._flagged: set[tuple[bytes, int]] = set()
         self._heads: collections.deque[tuple[int, int]] = collections.deque(maxlen=HEADS_KEPT)
         """(height, block time ms) of the heads seen: the block interval for uptime views."""
         self.counts: dict[str, int] = {}
@@ -167,6 +179,8 @@ class JobRunner:
         me = self.identity.public_key
         await self._keep_offer(state)
         await self._heartbeat(state)
+        if state.height % ANOMALY_EVERY_BLOCKS == 0 and me in state.operators:
+            await self._flag_anomalies(state)
         for job, record in sorted(state.jobs.items()):
             if record.status not in (JobStatus.ASSIGNED, JobStatus.REVEALING):
                 continue
@@ -210,6 +224,24 @@ class JobRunner:
             return
         if state.height - live.last_heartbeat >= state.params.market.heartbeat_blocks:
             await self._send_once(state, b"heartbeat", "heartbeat", Heartbeat)
+
+    async def _flag_anomalies(self, state: LedgerState) -> None:
+        """Flag nodes whose runtimes do not fit their GPU class (node/anomaly.py), each at
+        most once per epoch from here (the ledger bounds flags per operator too)."""
+        me = self.identity.public_key
+        found = await trio.to_thread.run_sync(anomalies_in, state, (me,))
+        for anomaly in found:
+            key = (anomaly.node, state.epoch)
+            if key in self._flagged or is_watched(state, anomaly.node):
+                continue
+            self._flagged.add(key)
+            log_event(self._log, "runtime_anomaly", {
+                "node": anomaly.node.hex()[:16], "gpu_class": anomaly.gpu_class,
+                "typical_log2_ratio": round(anomaly.typical, 2),
+                "class_log2_ratio": round(anomaly.class_typical, 2), "samples": anomaly.samples,
+            }, logging.WARNING)  # fmt: skip
+            await self._send_once(state, anomaly.node, "flag", FlagNode, node=anomaly.node,
+                                  job_id=anomaly.evidence_job)  # fmt: skip
 
     def block_ms(self) -> float:
         """The chain's mean block interval over the heads this node has seen lately (the

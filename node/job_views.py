@@ -7,6 +7,7 @@ by name (a `last_reason` of `price_too_low` says more than 5).
 from __future__ import annotations
 
 from consensus.ledger.job_records import REASON_NONE, JobRecord, JobStatus
+from consensus.ledger.liveness import is_watched
 from consensus.ledger.offers import busy_gpus
 from consensus.ledger.prices import supply_and_demand, utilisation_permille
 from consensus.ledger.state import LedgerState
@@ -98,6 +99,7 @@ def offers_view(state: LedgerState) -> dict[str, object]:
                 "price_per_gpu_hour": o.price_per_gpu_hour,
                 "busy_gpus": busy.get(node, 0),
                 "active": state.is_active(node),
+                "watched": is_watched(state, node),
                 "offered_height": o.height,
             }
             for node, o in sorted(state.offers.items())

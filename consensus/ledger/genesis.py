@@ -63,6 +63,8 @@ MARKET_RANGES: dict[str, tuple[int, int]] = {
     "spot_check_permille": (0, 1000),
     "strikes_to_jail": (1, 1_000),
     "deadline_blocks_max": (1, U64_MAX),
+    "watch_epochs": (0, 1_000),
+    "flags_per_epoch_max": (0, 1_000),
 }
 PRICING_RANGES: dict[str, tuple[int, int]] = {
     "target_utilisation_permille": (1, 999),

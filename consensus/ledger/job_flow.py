@@ -34,7 +34,7 @@ from consensus.ledger.job_records import (
     JobRecord,
     JobStatus,
 )
-from consensus.ledger.liveness import count_block, is_down
+from consensus.ledger.liveness import count_block, is_down, is_watched
 from consensus.ledger.market_records import AUDIT, LATE, Replica
 from consensus.ledger.offers import OPEN_STATUSES, market_offers
 from consensus.ledger.prices import step_prices
@@ -191,7 +191,10 @@ def step_spot_draws(state: LedgerState, parent_hash: bytes) -> None:
         record = book[job]
         if record.status != JobStatus.ASSIGNED or record.spot_check != SPOT_DUE:
             continue
-        if spot_checked(state, job, parent_hash):
+        if record.phase_height >= state.height:
+            continue  # the last commitment is in this very block: draw in the next one
+        watched = any(is_watched(state, r.node) for r in record.replicas)
+        if watched or spot_checked(state, job, parent_hash):
             book[job] = replace(record, spot_check=SPOT_WANTED, status=JobStatus.PENDING,
                                 phase_height=state.height)  # fmt: skip
         else:

@@ -21,7 +21,7 @@ from consensus.ledger.apply import BlockContext, register_tx_handler
 from consensus.ledger.errors import InvalidTransaction, TxCode
 from consensus.ledger.job_flow import WRONG_RESULT, penalise
 from consensus.ledger.job_records import SPOT_DUE, JobRecord, JobStatus
-from consensus.ledger.liveness import heard_from
+from consensus.ledger.liveness import heard_from, is_watched
 from consensus.ledger.market_records import CommitResult, Replica, RevealResult
 from consensus.ledger.params import BPS
 from consensus.ledger.staking import Effect
@@ -64,9 +64,12 @@ def _commit(
         heard_from(state, sender, ctx.height)
         if not all(r.committed for r in replicas):
             state.jobs[tx.job_id] = updated
-        elif not record.spot_check and state.params.market.spot_check_permille:
+        elif not record.spot_check and (
+            state.params.market.spot_check_permille
+            or any(is_watched(state, r.node) for r in replicas)
+        ):
             # the next block draws whether to audit (job_flow.step_spot_draws)
-            state.jobs[tx.job_id] = replace(updated, spot_check=SPOT_DUE)
+            state.jobs[tx.job_id] = replace(updated, spot_check=SPOT_DUE, phase_height=ctx.height)
         else:
             state.jobs[tx.job_id] = replace(
                 updated, status=JobStatus.REVEALING, phase_height=ctx.height

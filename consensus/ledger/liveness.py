@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from consensus.ledger.apply import BlockContext, register_tx_handler
 from consensus.ledger.errors import InvalidTransaction, TxCode
-from consensus.ledger.market_records import Heartbeat
+from consensus.ledger.job_records import JobStatus
+from consensus.ledger.market_records import FlagNode, Heartbeat
 from consensus.ledger.staking import Effect
 from consensus.ledger.state import LedgerState, Liveness
 
@@ -59,3 +60,39 @@ def _heartbeat(
 
 
 register_tx_handler(Heartbeat, _heartbeat)
+
+
+def is_watched(state: LedgerState, node: bytes) -> bool:
+    """Under audit after a `FlagNode`: every job it takes part in gets an audit replica."""
+    live = state.liveness.get(node)
+    return live is not None and state.epoch < live.watch_until_epoch
+
+
+def _flag(
+    state: LedgerState, sender: bytes, tx: FlagNode, spendable: int, ctx: BlockContext
+) -> Effect:
+    market = state.params.market
+    if not state.is_active(sender):
+        raise InvalidTransaction(TxCode.OPERATOR_INACTIVE, "only an active operator may flag")
+    if tx.node == sender:
+        raise InvalidTransaction(TxCode.MALFORMED, "a node cannot flag itself")
+    mine = state.liveness.get(sender)
+    if mine is not None and mine.flags_sent >= market.flags_per_epoch_max:
+        raise InvalidTransaction(
+            TxCode.RATE_LIMITED, f"{market.flags_per_epoch_max} flags already sent this epoch"
+        )
+    record = state.jobs.get(tx.job_id)
+    if record is None or record.status != JobStatus.SETTLED:
+        raise InvalidTransaction(TxCode.UNKNOWN_JOB, "the evidence must be a settled job")
+    if not any(r.node == tx.node and r.revealed for r in record.replicas):
+        raise InvalidTransaction(TxCode.NOT_REPLICA, "the flagged node revealed nothing there")
+
+    def effect() -> None:
+        state.liveness.setdefault(sender, Liveness()).flags_sent += 1
+        target = state.liveness.setdefault(tx.node, Liveness())
+        target.watch_until_epoch = max(target.watch_until_epoch, state.epoch + market.watch_epochs)
+
+    return effect
+
+
+register_tx_handler(FlagNode, _flag)

@@ -92,6 +92,20 @@ class Heartbeat(LedgerTx):
     VERSION = 1
 
 
+@register
+@dataclass(frozen=True)
+class FlagNode(LedgerTx):
+    """An operator's anomaly detector found `node`'s runtimes out of line with its GPU class
+    (node/anomaly.py); `job_id` is a settled job in which `node` revealed, as the pointer to
+    the evidence. Every job `node` takes part in is audited for `watch_epochs` epochs."""
+
+    KIND = 22
+    VERSION = 1
+
+    node: bytes = wire_field(Blob(ACCOUNT_BYTES, ACCOUNT_BYTES))
+    job_id: bytes = wire_field(Blob(JOB_ID_BYTES, JOB_ID_BYTES))
+
+
 @dataclass(frozen=True)
 class Offer(Struct):
     """A node's committed offer (the row of `LedgerState.offers`, keyed by node)."""

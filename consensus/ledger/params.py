@@ -75,6 +75,11 @@ class MarketParams(Struct):
     strikes_to_jail: int = _param(2, 1_000)
     """Verdicts a node may lose in one epoch without being slashable (see job_results)
     before it is jailed, stake untouched: a persistent cheater stops being scheduled."""
+    watch_epochs: int = _param(2, 1_000)
+    """How long a `FlagNode` puts a node under audit of every job it takes part in."""
+    flags_per_epoch_max: int = _param(4, 1_000)
+    """`FlagNode`s one operator may send per epoch: audits cost the protocol, so an operator
+    cannot flag its way into auditing everyone."""
     spot_check_permille: int = _param(50, 1000)
     """Odds that a newly placed job gets one more replica on yet another operator, paid by
     the protocol account: an audit that a set of colluding or lazy replicas cannot plan for."""

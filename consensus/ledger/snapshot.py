@@ -104,6 +104,8 @@ class LivenessRow(Struct):
     work_units: int = wire_field(UInt())
     history: tuple[UptimeRow, ...] = wire_field(Seq(Nested(UptimeRow), UPTIME_EPOCHS_KEPT))
     strikes: int = wire_field(UInt())
+    watch_until_epoch: int = wire_field(UInt())
+    flags_sent: int = wire_field(UInt())
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,8 @@ def decode_state(data: bytes, *, max_bytes: int = SNAPSHOT_BYTES_MAX) -> LedgerS
                 r.work_units,
                 [(h.epoch, h.up_blocks, h.counted_blocks) for h in r.history],
                 r.strikes,
+                r.watch_until_epoch,
+                r.flags_sent,
             )
             for r in snap.liveness
         },

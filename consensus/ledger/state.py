@@ -88,6 +88,11 @@ class Liveness:
     strikes: int = 0
     """Verdicts lost this epoch that could not be slashed (the majority rested on replicas
     that had seen the digests): enough of them jail the node without burning stake."""
+    watch_until_epoch: int = 0
+    """Flagged for anomalous runtimes (`FlagNode`): every job it takes part in is audited
+    while the epoch is below this."""
+    flags_sent: int = 0
+    """`FlagNode`s this node sent this epoch (bounded by flags_per_epoch_max)."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,7 @@ class LedgerState:
                 live.history.append((self.epoch, live.up_blocks, live.counted_blocks))
                 del live.history[:-UPTIME_EPOCHS_KEPT]
             live.up_blocks = live.counted_blocks = live.work_units = live.strikes = 0
+            live.flags_sent = 0
 
     def unbonding_count(self, account: bytes) -> int:
         return sum(1 for e in self.unbonding if e.account == account)
@@ -316,6 +322,8 @@ class LedgerState:
                     v.work_units,
                     list(v.history),
                     v.strikes,
+                    v.watch_until_epoch,
+                    v.flags_sent,
                 )
                 for k, v in self.liveness.items()
             },
@@ -366,6 +374,8 @@ class LedgerState:
                     v.work_units,
                     [list(h) for h in v.history],
                     v.strikes,
+                    v.watch_until_epoch,
+                    v.flags_sent,
                 ]
                 for n, v in sorted(self.liveness.items())
             ],
