@@ -44,9 +44,30 @@ def _spec(args: argparse.Namespace) -> Any:
     if args.kind == "render":
         x0, y0, w, h = (int(v) for v in args.tile.split(","))
         return render.RenderParams(args.seed, args.width, args.height, x0, y0, w, h)
+    if args.weights:
+        weights = _weights_file(args.weights)
+        sizes = (weights[0][0].shape[0], *(w.shape[1] for w, _ in weights))
+        digest = inference.weights_hash(weights)
+        return inference.InferenceParams(sizes, 0, digest, args.input_seed, args.batch)
     sizes = tuple(int(v) for v in args.layers.split(","))
-    weights = inference.weights_hash(inference.generate_weights(args.seed, sizes))
-    return inference.InferenceParams(sizes, args.seed, weights, args.input_seed, args.batch)
+    digest = inference.weights_hash(inference.generate_weights(args.seed, sizes))
+    return inference.InferenceParams(sizes, args.seed, digest, args.input_seed, args.batch)
+
+
+def _weights_file(path: str) -> Any:
+    from node.blobs import weights_from_blob
+    from p2p.errors import DecodeError
+
+    try:
+        return weights_from_blob(Path(path).read_bytes())
+    except (OSError, DecodeError) as exc:
+        raise ChainCliError(f"--weights {path}: {exc}") from None
+
+
+def upload_blob(client: NodeClient, data: bytes) -> bytes:
+    """Store a job input on the node; its content hash (the name a job gives it)."""
+    _, doc = client._call("/blob", body=data)
+    return bytes.fromhex(doc["hash"])
 
 
 def _client(args: argparse.Namespace) -> NodeClient:
@@ -106,7 +127,10 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
     identity = load_key_file(Path(args.key))
     client = _client(args)
     height = int(client.chain_status()["height"])
-    doc = submit_job(client, identity, job_terms(args, height))
+    terms = job_terms(args, height)
+    if args.kind == "inference" and args.weights:
+        terms["inputs"] = (upload_blob(client, Path(args.weights).read_bytes()),)
+    doc = submit_job(client, identity, terms)
     if not doc["accepted"]:
         _out(args, doc, f"[red]refused[/]: {doc['code']}: {doc['reason']}")
         return EXIT_REFUSED
@@ -168,6 +192,22 @@ def _summary(view: dict[str, Any]) -> str:
     elif view.get("refunded"):
         text += f": refunded {view['refunded']}"
     return text
+
+
+def cmd_job_weights(args: argparse.Namespace) -> int:
+    from node.blobs import weights_to_blob
+    from node.workloads import inference
+
+    try:
+        sizes = tuple(int(v) for v in args.layers.split(","))
+        weights = inference.generate_weights(args.seed, sizes)
+    except ValueError as exc:
+        raise ChainCliError(f"--layers {args.layers!r}: {exc}") from None
+    Path(args.out).write_bytes(weights_to_blob(weights))
+    doc = {"out": args.out, "layers": list(sizes), "weights_hash": inference.weights_hash(weights)}
+    _out(args, doc, f"wrote {args.out}: layers {list(sizes)}, weights hash "
+                    f"{doc['weights_hash'][:16]}...")  # fmt: skip
+    return 0
 
 
 def cmd_job_status(args: argparse.Namespace) -> int:
@@ -402,6 +442,13 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     s.add_argument("--layers", default="64,128,10", help="inference: layer widths")
     s.add_argument("--batch", type=int, default=32, help="inference: batch size")
     s.add_argument("--input-seed", type=int, default=2, help="inference: input seed")
+    s.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE.npz",
+        help="inference: your weights (see `gpumesh job weights`), uploaded to the "
+        "node and named in the job by content hash",
+    )
     s.add_argument("--gpus", type=int, default=1, help="GPUs per replica")
     s.add_argument("--redundancy", type=int, default=2, help="replicas on distinct operators")
     s.add_argument("--gpu-model", default="", help="exact model; default any")
@@ -414,6 +461,12 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     s.add_argument("--timeout", type=float, default=120.0)
     node_args(s)
     s.set_defaults(func=cmd_job_submit)
+    w = job.add_parser("weights", help="write integer MLP weights as an .npz for --weights")
+    w.add_argument("--layers", default="64,128,10", help="layer widths")
+    w.add_argument("--seed", type=int, default=1)
+    w.add_argument("--out", required=True, metavar="FILE.npz")
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=cmd_job_weights)
     st = job.add_parser("status", help="one job's record and replicas")
     st.add_argument("job", metavar="JOB", help="job id (64 hex digits)")
     node_args(st)

@@ -13,13 +13,15 @@ array when someone asks for a picture.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from node.workloads import Clock, InvalidParams, inference, matmul, render
+from node.blobs import weights_from_blob
+from node.workloads import Clock, InvalidParams, WeightsMismatch, inference, matmul, render
 from node.workloads.canonical import array_digest
 from p2p import codec
 from p2p.errors import DecodeError
@@ -88,8 +90,14 @@ class Executed:
     """The result array as .npy bytes."""
 
 
-def _run(spec: Spec, deadline_s: float | None) -> tuple[str, int, str, npt.NDArray[Any]]:
+def _run(
+    spec: Spec, deadline_s: float | None, inputs: Sequence[bytes] = ()
+) -> tuple[str, int, str, npt.NDArray[Any]]:
     """(hex digest, runtime ms, backend, result array) of one run."""
+    if inputs and not isinstance(spec, inference.InferenceParams):
+        raise JobParamsError("only inference takes inputs (its weights)")
+    if len(inputs) > 1:
+        raise JobParamsError(f"inference takes one input (its weights), got {len(inputs)}")
     if isinstance(spec, render.RenderParams):
         # The tile's pixels, not its PNG: the digest is over the pixels (as render.run's).
         clock = Clock(deadline_s)
@@ -98,15 +106,27 @@ def _run(spec: Spec, deadline_s: float | None) -> tuple[str, int, str, npt.NDArr
     if isinstance(spec, matmul.MatmulParams):
         result = matmul.run(spec, deadline_s=deadline_s)
     else:
-        result = inference.run(spec, deadline_s=deadline_s)
+        weights = None
+        if inputs:
+            try:
+                weights = weights_from_blob(inputs[0])
+            except DecodeError as exc:
+                raise JobParamsError(f"inference weights: {exc}") from None
+        try:
+            result = inference.run(spec, weights, deadline_s=deadline_s)
+        except WeightsMismatch as exc:
+            raise JobParamsError(f"inference weights: {exc}") from None
     assert not isinstance(result.output, bytes)
     return result.digest, result.runtime_ms, result.backend, result.output
 
 
-def execute(kind: str, params: bytes, *, deadline_s: float | None = None) -> Executed:
-    """Run the job's workload (DeadlineExceeded past `deadline_s`); JobParamsError for bad
-    parameters. Blocking: call it from a worker thread."""
-    digest, runtime_ms, backend, array = _run(decode_params(kind, params), deadline_s)
+def execute(
+    kind: str, params: bytes, *, deadline_s: float | None = None, inputs: Sequence[bytes] = ()
+) -> Executed:
+    """Run the job's workload (DeadlineExceeded past `deadline_s`) on its input blobs, in the
+    job's order (already hash-checked: node/blobs.py); JobParamsError for bad parameters or
+    inputs. Blocking: call it from a worker thread."""
+    digest, runtime_ms, backend, array = _run(decode_params(kind, params), deadline_s, inputs)
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return Executed(bytes.fromhex(digest), runtime_ms, backend, buffer.getvalue())

@@ -10,6 +10,7 @@ It watches the committed state and does what the ledger expects of this node:
   measures uptime from them, and reroutes a silent node's replicas at once);
 - every ANOMALY_EVERY_BLOCKS blocks, looks for nodes whose runtimes do not fit their GPU
   class (node/anomaly.py) and flags them (`FlagNode`), which makes the ledger audit them;
+- fetches a job's input blobs by content hash from peers (node/blobs.py) and serves its own;
 - serves stored results to peers over `PROTOCOL_RESULT`, and fetches a settled job's result
   from a winning replica for the CLI, checking its bytes against the committed digest.
 
@@ -48,6 +49,7 @@ from consensus.ledger.state import LedgerState
 from consensus.ledger.tx import LedgerTx
 from consensus.market.verify import result_commitment
 from node.anomaly import anomalies_in
+from node.blobs import PROTOCOL_BLOB, BlobStore
 from node.chain_service import ChainService, peer_of
 from node.job_exec import JobParamsError, execute, output_digest
 from node.logs import LOGGER_NAME, log_event
@@ -143,6 +145,7 @@ class JobRunner:
     ) -> None:
         self.identity, self.chain, self.offer = identity, chain, offer
         self.results = ResultStore(results_dir)
+        self.blobs = BlobStore(results_dir.parent / "blobs")
         self._on_change = on_change
         self._log = logging.getLogger(f"{LOGGER_NAME}.jobs")
         self._limiter = trio.CapacityLimiter(max(1, slots))
@@ -163,6 +166,7 @@ class JobRunner:
     ) -> None:
         self._transport = transport
         transport.set_request_handler(PROTOCOL_RESULT, self._serve_result)
+        transport.set_request_handler(PROTOCOL_BLOB, self._serve_blob)
         async with trio.open_nursery() as nursery:
             task_status.started()
             seen = -1
@@ -258,10 +262,14 @@ class JobRunner:
         deadline_s = terms.max_hours_milli * MS_PER_MILLI_HOUR / 1000
         fields: dict[str, object] = {"job": job.hex()[:16], "kind": terms.kind}
         try:
+            inputs = await self._inputs(terms.inputs)
+            if inputs is None:
+                log_event(self._log, "job_inputs_missing", fields, logging.WARNING)
+                return  # asked again at the next block, while the commit window lasts
             async with self._limiter:
                 log_event(self._log, "job_started", fields)
                 done = await trio.to_thread.run_sync(
-                    lambda: execute(terms.kind, terms.params, deadline_s=deadline_s)
+                    lambda: execute(terms.kind, terms.params, deadline_s=deadline_s, inputs=inputs)
                 )
             result = StoredResult(done.digest, secrets.token_bytes(32), done.runtime_ms,
                                   done.backend)  # fmt: skip
@@ -278,6 +286,41 @@ class JobRunner:
         finally:
             self._running.discard(job)
             self._on_change()
+
+    async def _inputs(self, names: tuple[bytes, ...]) -> list[bytes] | None:
+        """The job's input blobs in order: ours, or fetched from a peer and hash-checked;
+        None if some peer did not have one."""
+        found = []
+        for digest in names:
+            data = await trio.to_thread.run_sync(self.blobs.get, digest)
+            if data is None:
+                data = await self._fetch_blob(digest)
+            if data is None:
+                return None
+            found.append(data)
+        return found
+
+    async def _fetch_blob(self, digest: bytes) -> bytes | None:
+        transport = self._transport
+        if transport is None:
+            return None
+        for peer in sorted(transport.connected_peers()):
+            try:
+                data = await transport.request(
+                    peer, PROTOCOL_BLOB, digest, timeout_ms=FETCH_TIMEOUT_MS
+                )
+            except (RequestFailed, MessageTooLarge):
+                continue
+            accepted: bool = await trio.to_thread.run_sync(self.blobs.accept, digest, data)
+            if accepted:
+                self._count("blobs_fetched")
+                return data
+        return None
+
+    async def _serve_blob(self, peer: PeerId, data: bytes) -> bytes:
+        if len(data) != 32:
+            return b""
+        return await trio.to_thread.run_sync(self.blobs.get, data) or b""
 
     # -- transactions ----------------------------------------------------------------------------
 

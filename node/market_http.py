@@ -8,6 +8,9 @@ GET /result/<hex>                    a settled job's result array (.npy bytes), 
 GET /offers                          committed capacity offers and what replicas hold
 GET /uptime[?node=<hex>]             measured availability per node and for the network
 GET /prices                          each GPU class's price, supply, demand, utilisation
+POST /blob                           store a job input (body: its bytes, at most 3 MiB);
+                                     answers {"hash": <hex SHA-256>}, its name in SubmitJob
+GET /blob/<hex>                      a stored input
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ from dataclasses import dataclass
 import trio
 
 from consensus.ledger.state import LedgerState
+from node.blobs import BLOB_BYTES_MAX
 from node.chain_service import ChainService
 from node.job_runner import JobRunner
 from node.job_views import job_view, jobs_view, offers_view, prices_view, uptime_view
-from node.status_http import Request, hex32, respond, respond_json
+from node.status_http import Request, hex32, read_body, respond, respond_json
 
 JOBS_LIMIT_MAX = 1_000
-MARKET_PATHS = ("/jobs", "/offers", "/uptime", "/prices")
-MARKET_PREFIXES = ("/job/", "/result/")
+MARKET_PATHS = ("/jobs", "/offers", "/uptime", "/prices", "/blob")
+MARKET_PREFIXES = ("/job/", "/result/", "/blob/")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class MarketApi:
     offers: Callable[[], dict[str, object]]
     uptime: Callable[[bytes | None], dict[str, object]]
     prices: Callable[[], dict[str, object]]
+    put_blob: Callable[[bytes], bytes]
+    get_blob: Callable[[bytes], bytes | None]
 
 
 def market_api(chain: ChainService, jobs: JobRunner) -> MarketApi:
@@ -54,6 +60,8 @@ def market_api(chain: ChainService, jobs: JobRunner) -> MarketApi:
         offers=lambda: offers_view(state()),
         uptime=lambda node: uptime_view(state(), jobs.block_ms(), node),
         prices=lambda: prices_view(state()),
+        put_blob=jobs.blobs.put,
+        get_blob=jobs.blobs.get,
     )
 
 
@@ -65,8 +73,17 @@ async def serve_market(
     api: MarketApi, stream: trio.SocketStream, request: Request, path: str,
     query: dict[str, list[str]],
 ) -> None:  # fmt: skip
-    if request.method != "GET":
+    if path == "/blob":
+        await _post_blob(api, stream, request)
+    elif request.method != "GET":
         await respond(stream, 405, b"only GET\n", "text/plain")
+    elif path.startswith("/blob/"):
+        digest = hex32(path.removeprefix("/blob/"))
+        data = api.get_blob(digest) if digest is not None else None
+        if data is None:
+            await respond_json(stream, 404, {"error": "no such blob here"})
+        else:
+            await respond(stream, 200, data, "application/octet-stream")
     elif path == "/offers":
         await respond_json(stream, 200, api.offers())
     elif path == "/prices":
@@ -112,3 +129,13 @@ async def serve_market(
                 await respond_json(stream, 502, {"error": problem, "job_id": job.hex()})
             else:
                 await respond(stream, 200, data, "application/octet-stream")
+
+
+async def _post_blob(api: MarketApi, stream: trio.SocketStream, request: Request) -> None:
+    if request.method != "POST":
+        await respond(stream, 405, b"/blob takes POST\n", "text/plain")
+        return
+    body = await read_body(stream, request, BLOB_BYTES_MAX)
+    if body is not None:
+        digest = await trio.to_thread.run_sync(api.put_blob, body)
+        await respond_json(stream, 200, {"hash": digest.hex(), "bytes": len(body)})

@@ -280,7 +280,7 @@ async def _chain(
         if request.method != "POST":
             await respond(stream, 405, b"/tx takes POST\n", "text/plain")
             return
-        body = await _read_body(stream, request, TX_BODY_BYTES_MAX)
+        body = await read_body(stream, request, TX_BODY_BYTES_MAX)
         if body is not None:
             v = await api.submit_tx(body)
             doc = {"accepted": v.accepted, "code": v.code, "reason": v.reason}
@@ -334,7 +334,7 @@ def hex32(text: str) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
-async def _read_body(stream: trio.SocketStream, request: Request, limit: int) -> bytes | None:
+async def read_body(stream: trio.SocketStream, request: Request, limit: int) -> bytes | None:
     """The request's body (Content-Length bytes), or None once an error was answered."""
     length_text = request.headers.get("content-length", "")
     if not length_text.isascii() or not length_text.isdigit():
@@ -381,7 +381,7 @@ async def _admin(
 
 
 async def _admin_post(api: AdminApi, stream: trio.SocketStream, request: Request) -> None:
-    body = await _read_body(stream, request, ADMIN_BODY_BYTES_MAX)
+    body = await read_body(stream, request, ADMIN_BODY_BYTES_MAX)
     if body is None:
         return
     try:

@@ -110,3 +110,42 @@ def test_the_result_store_survives_reopening_and_ignores_half_written_results(
     assert again.get(other) is None
     (tmp_path / "results" / f"{other.hex()}.json").write_text("{not json")
     assert again.get(other) is None
+
+
+def test_blobs_are_named_by_hash_and_refuse_substitutes(tmp_path: Path) -> None:
+    import hashlib
+
+    from node.blobs import BLOB_BYTES_MAX, BlobStore
+
+    store = BlobStore(tmp_path / "blobs")
+    digest = store.put(b"weights")
+    assert digest == hashlib.sha256(b"weights").digest()
+    assert store.get(digest) == b"weights" and store.get(bytes(32)) is None
+    other = BlobStore(tmp_path / "other")
+    assert not other.accept(digest, b"something else")  # a peer cannot substitute
+    assert other.get(digest) is None
+    assert other.accept(digest, b"weights") and other.get(digest) == b"weights"
+    (tmp_path / "other" / f"{digest.hex()}.bin").write_bytes(b"rotted")
+    assert other.get(digest) is None  # bytes that no longer hash to the name are not served
+    with pytest.raises(ValueError):
+        store.put(b"x" * (BLOB_BYTES_MAX + 1))
+
+
+def test_inference_runs_on_uploaded_weights_and_refuses_the_wrong_ones() -> None:
+    from node.blobs import weights_from_blob, weights_to_blob
+
+    weights = inference.generate_weights(21, SIZES)
+    blob = weights_to_blob(weights)
+    back = weights_from_blob(blob)
+    assert inference.weights_hash(back) == inference.weights_hash(weights)
+    spec = inference.InferenceParams(SIZES, 0, inference.weights_hash(weights), 4, 8)
+    done = execute("inference", encode_params(spec), inputs=[blob])
+    expected = inference.run(spec, weights)
+    assert done.digest.hex() == expected.digest
+    other = weights_to_blob(inference.generate_weights(22, SIZES))
+    with pytest.raises(JobParamsError, match="hash"):
+        execute("inference", encode_params(spec), inputs=[other])
+    with pytest.raises(JobParamsError, match="weights blob"):
+        execute("inference", encode_params(spec), inputs=[b"junk"])
+    with pytest.raises(JobParamsError, match="only inference"):
+        execute("matmul", encode_params(matmul.MatmulParams(n=8, seed=1)), inputs=[blob])

@@ -153,3 +153,28 @@ def test_a_stalled_node_is_rerouted_away_from_and_penalised(swarm: Swarm) -> Non
         assert one.returncode == 0 and "down" in one.stdout
     finally:
         os.kill(victim.pid, signal.SIGCONT)
+
+
+def test_inference_on_uploaded_weights_fetched_by_content_hash(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    """The user's own weights go to node-0 (POST /blob); the job names them by hash; each
+    replica fetches them from a peer over /gpumesh/blob/1 and checks the hash; the result
+    matches numpy on those weights."""
+    from node.blobs import weights_to_blob
+    from node.workloads import inference
+
+    wait_offers(swarm)
+    weights_file = tmp_path / "w.npz"
+    done = gpumesh("job", "weights", "--layers", "24,48,6", "--seed", "77", "--out",
+                   str(weights_file), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    weights = inference.generate_weights(77, (24, 48, 6))
+    assert weights_file.read_bytes() == weights_to_blob(weights)
+    doc = submit(swarm, "inference", "--weights", str(weights_file), "--batch", "5")
+    assert doc["job"]["status"] == "settled", doc
+    out = tmp_path / "logits.npy"
+    got = gpumesh("job", "result", doc["job_id"], "--out", str(out), "--swarm", str(swarm.root))
+    assert got.returncode == 0, got.stderr
+    spec = inference.InferenceParams((24, 48, 6), 0, inference.weights_hash(weights), 2, 5)
+    assert np.array_equal(np.load(out), inference.run(spec, weights).output)
