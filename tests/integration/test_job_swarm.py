@@ -128,6 +128,17 @@ def test_a_stalled_node_is_rerouted_away_from_and_penalised(swarm: Swarm) -> Non
     job settles; `gpumesh uptime` shows the node down and its lost blocks."""
     wait_offers(swarm)
     victim = swarm.nodes[0]  # the swarm prices node-i at 1.0M + 50k * i: node-0 is cheapest
+    # ...once the class prices that earlier tests' demand raised have fallen back below
+    # every ask (a node is scheduled at the higher of its ask and its class price).
+    node = swarm.nodes[1]
+    height = chain(node)["height"]
+    for step in range(120):
+        classes = http(node, "/prices")["classes"]
+        if all(c["price_per_gpu_hour"] <= 1_000_000 for c in classes):
+            break
+        chain(node, at_least=height + step + 1)
+    else:
+        raise AssertionError(f"class prices never fell back: {classes}")
     assert victim.pid is not None
     os.kill(victim.pid, signal.SIGSTOP)  # stalled: its links stay up, it says nothing
     try:
