@@ -64,6 +64,16 @@ def _weights_file(path: str) -> Any:
         raise ChainCliError(f"--weights {path}: {exc}") from None
 
 
+def near_node(client: NodeClient, near: str | None) -> bytes:
+    """The node a job is submitted near: --near, else the node the CLI talks to."""
+    if near:
+        return parse_account(near, "--near")
+    from p2p.identity import public_key_from_peer_id
+
+    _, snap = client._call("/status")
+    return public_key_from_peer_id(str(snap["peer_id"]))
+
+
 def upload_blob(client: NodeClient, data: bytes) -> bytes:
     """Store a job input on the node; its content hash (the name a job gives it)."""
     _, doc = client._call("/blob", body=data)
@@ -113,7 +123,7 @@ def job_terms(args: argparse.Namespace, height: int) -> dict[str, Any]:
         min_memory_mib=args.min_memory,
         gpus=args.gpus,
         region=args.region,
-        max_rtt_ms=0,
+        max_rtt_ms=args.max_rtt,
         redundancy=args.redundancy,
         deadline_height=height + args.deadline_blocks,
         max_price_per_gpu_hour=args.max_price,
@@ -128,6 +138,7 @@ def cmd_job_submit(args: argparse.Namespace) -> int:
     client = _client(args)
     height = int(client.chain_status()["height"])
     terms = job_terms(args, height)
+    terms["near"] = near_node(client, args.near)
     if args.kind == "inference" and args.weights:
         terms["inputs"] = (upload_blob(client, Path(args.weights).read_bytes()),)
     doc = submit_job(client, identity, terms)
@@ -454,6 +465,19 @@ def add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     s.add_argument("--gpu-model", default="", help="exact model; default any")
     s.add_argument("--min-memory", type=int, default=0, help="MiB per GPU")
     s.add_argument("--region", default="", help="default anywhere")
+    s.add_argument(
+        "--max-rtt",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="round-trip limit from the job's --near node (measured; 0: none)",
+    )
+    s.add_argument(
+        "--near",
+        default=None,
+        metavar="NODE",
+        help="the node RTTs are measured from (default: the node you talk to)",
+    )
     s.add_argument("--max-price", type=int, default=DEFAULT_PRICE, help="per GPU-hour")
     s.add_argument("--hours-milli", type=int, default=10, help="most GPU-hours x 1000 billed")
     s.add_argument("--deadline-blocks", type=int, default=200, help="blocks from now")

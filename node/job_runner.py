@@ -2,7 +2,8 @@
 
 It watches the committed state and does what the ledger expects of this node:
 - keeps the node's committed offer (`OfferCapacity`) equal to what it has: its GPUs, region
-  and price from the config and GPU detection;
+  and price from the config and GPU detection, and the RTTs its pings measure to its peers
+  (refreshed every RTT_REFRESH_BLOCKS blocks at most);
 - runs each replica assigned to it (in a worker thread, one at a time per GPU slot, stopped
   at the job's hours cap), stores the result, and commits to its digest (`CommitResult`);
 - once every replica has committed, reveals (`RevealResult`);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Callable
@@ -39,10 +41,13 @@ if TYPE_CHECKING:
 from consensus.ledger.job_records import JobRecord, JobStatus
 from consensus.ledger.liveness import is_watched
 from consensus.ledger.market_records import (
+    RTT_MS_MAX,
+    RTTS_MAX,
     CommitResult,
     FlagNode,
     Heartbeat,
     OfferCapacity,
+    PeerRtt,
     RevealResult,
 )
 from consensus.ledger.state import LedgerState
@@ -50,7 +55,7 @@ from consensus.ledger.tx import LedgerTx
 from consensus.market.verify import result_commitment
 from node.anomaly import anomalies_in
 from node.blobs import PROTOCOL_BLOB, BlobStore
-from node.chain_service import ChainService, peer_of
+from node.chain_service import ChainService, account_of, peer_of
 from node.job_exec import JobParamsError, execute, output_digest
 from node.logs import LOGGER_NAME, log_event
 from node.workloads import DeadlineExceeded
@@ -66,6 +71,8 @@ RESEND_BLOCKS = 4
 FETCH_TIMEOUT_MS = 10_000
 MS_PER_MILLI_HOUR = 3_600
 HEADS_KEPT = 200
+RTT_STEP_MS = 5
+RTT_REFRESH_BLOCKS = 100
 ANOMALY_EVERY_BLOCKS = 20
 
 
@@ -211,15 +218,38 @@ class JobRunner:
             return
         have = state.offers.get(me)
         want = self.offer
+        rtts = self.measured_rtts()
         if have is not None and (have.gpus, have.region, have.price_per_gpu_hour) == (
             want.gpus, want.region, want.price_per_gpu_hour,
         ):  # fmt: skip
-            return
+            # Same capacity: refresh only the RTTs, and rarely (each refresh is a transaction).
+            first = rtts and not have.rtt_ms
+            stale = state.height - have.height >= RTT_REFRESH_BLOCKS and rtts != have.rtt_ms
+            if not (first or stale):
+                return
         if have is None and not want.gpus:
             return
         price = want.price_per_gpu_hour
         await self._send_once(state, b"offer", "offer", OfferCapacity, gpus=want.gpus,
-                              region=want.region, price_per_gpu_hour=price)  # fmt: skip
+                              region=want.region, price_per_gpu_hour=price,
+                              rtt_ms=rtts)  # fmt: skip
+
+    def measured_rtts(self) -> tuple[PeerRtt, ...]:
+        """The transport's smoothed ping RTTs to other nodes, rounded up to RTT_STEP_MS (so a
+        little jitter does not change the offer), the closest RTTS_MAX, sorted by node."""
+        transport = self._transport
+        if transport is None:
+            return ()
+        found = []
+        for peer, ms in transport.peer_rtt_ms().items():
+            account = account_of(peer)
+            if account is not None and account != self.identity.public_key:
+                stepped = min(
+                    RTT_MS_MAX, max(RTT_STEP_MS, math.ceil(ms / RTT_STEP_MS) * RTT_STEP_MS)
+                )
+                found.append(PeerRtt(account, stepped))
+        closest = sorted(found, key=lambda r: (r.ms, r.node))[:RTTS_MAX]
+        return tuple(sorted(closest, key=lambda r: r.node))
 
     async def _heartbeat(self, state: LedgerState) -> None:
         """Say we are alive every `heartbeat_blocks` blocks while we have an offer."""

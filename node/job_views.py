@@ -100,6 +100,7 @@ def offers_view(state: LedgerState) -> dict[str, object]:
                 "busy_gpus": busy.get(node, 0),
                 "active": state.is_active(node),
                 "watched": is_watched(state, node),
+                "rtt_ms": {p.node.hex(): p.ms for p in o.rtt_ms},
                 "offered_height": o.height,
             }
             for node, o in sorted(state.offers.items())

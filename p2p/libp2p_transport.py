@@ -157,6 +157,10 @@ class Libp2pTransport:
     def stats(self) -> TransportStats:
         return self._stats
 
+    def peer_rtt_ms(self) -> dict[PeerId, float]:
+        connected = self.connected_peers()
+        return {p: ms for p, ms in self._pings.rtt_ms.items() if p in connected}
+
     def connected_peers(self) -> frozenset[PeerId]:
         """Connected peers, less those being closed because the traffic policy cuts them off."""
         return frozenset(

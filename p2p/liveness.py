@@ -17,6 +17,7 @@ import trio
 from p2p.transport import PeerId, RequestFailed, TransportConfig, TransportStats
 
 PING_NONCE = struct.Struct(">Q")
+RTT_WEIGHT = 0.25
 logger = logging.getLogger("gpumesh.libp2p")
 
 RoundTrip = Callable[[PeerId, bytes, float], Awaitable[bytes]]
@@ -42,11 +43,14 @@ class PingMonitor:
         self._drop = drop
         self._misses: dict[PeerId, int] = {}
         self._nonce = 0
+        self.rtt_ms: dict[PeerId, float] = {}
+        """Smoothed round-trip time of each peer's pings (EWMA, weight RTT_WEIGHT)."""
         stats.extra.setdefault("pings_ok", 0)
 
     def forget(self, peer: PeerId) -> None:
         """A peer that left starts with a clean record when it comes back."""
         self._misses.pop(peer, None)
+        self.rtt_ms.pop(peer, None)
 
     async def run(self) -> None:
         interval_s = self._config.ping_interval_ms / 1000
@@ -61,11 +65,15 @@ class PingMonitor:
     async def _ping_once(self, peer: PeerId) -> None:
         self._nonce += 1
         nonce = PING_NONCE.pack(self._nonce)
+        sent_s = trio.current_time()
         try:
             echo = await self._round_trip(peer, nonce, self._config.ping_timeout_ms / 1000)
         except RequestFailed:
             echo = b""
         if echo == nonce:
+            took_ms = (trio.current_time() - sent_s) * 1000
+            old = self.rtt_ms.get(peer)
+            self.rtt_ms[peer] = took_ms if old is None else old + RTT_WEIGHT * (took_ms - old)
             self._misses.pop(peer, None)
             self._stats.extra["pings_ok"] += 1
             return

@@ -171,6 +171,10 @@ class MemoryTransport:
     def stats(self) -> TransportStats:
         return self._stats
 
+    def peer_rtt_ms(self) -> dict[PeerId, float]:
+        """The in-memory network has no pings: nothing measured."""
+        return {}
+
     def connected_peers(self) -> frozenset[PeerId]:
         return frozenset(self._peers)
 

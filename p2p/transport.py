@@ -294,6 +294,11 @@ class Transport(Protocol):
 
     def connected_peers(self) -> frozenset[PeerId]: ...
 
+    def peer_rtt_ms(self) -> dict[PeerId, float]:
+        """Measured round-trip time to each connected peer that answered a ping (smoothed);
+        a transport that does not ping returns {}."""
+        ...
+
     async def subscribe(
         self, topic: str, validator: Validator | None = None
     ) -> trio.MemoryReceiveChannel[GossipMessage]:

@@ -54,7 +54,7 @@ def job_request(job: bytes, record: JobRecord, redundancy: int | None = None) ->
     terms = record.terms
     return JobRequest(
         job_id=job,
-        submitter=record.submitter,
+        submitter=terms.near or record.submitter,
         gpus_needed=terms.gpus,
         min_memory_mib=terms.min_memory_mib,
         gpu_model=terms.gpu_model or None,

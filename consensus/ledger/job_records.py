@@ -71,6 +71,9 @@ class SubmitJob(LedgerTx):
     max_price_per_gpu_hour: int = wire_field(UInt())
     max_hours_milli: int = wire_field(UInt())
     """The most GPU-time one GPU may bill, in thousandths of an hour."""
+    near: bytes = _with_default(Blob(ACCOUNT_BYTES), b"")
+    """The node the job was submitted through (b"": none): `max_rtt_ms` and the RTT part of
+    the score are measured from it, with the RTTs nodes put in their offers."""
 
     @property
     def max_cost(self) -> int:

@@ -109,6 +109,8 @@ def check_terms(tx: SubmitJob, height: int, deadline_blocks_max: int = 0) -> Non
             f"deadline {tx.deadline_height} is more than {deadline_blocks_max} blocks away: "
             "an escrow may not be locked for longer",
         )
+    if len(tx.near) not in (0, 32):
+        raise InvalidTransaction(BAD_JOB, "near must name a node (32 bytes) or be empty")
     if tx.max_cost == 0:
         raise InvalidTransaction(
             TxCode.BELOW_MINIMUM,

@@ -27,6 +27,8 @@ SALT_BYTES = 32
 COMMITMENT_BYTES = 32
 OFFER_GPU_SPECS_MAX = 16
 REGION_BYTES_MAX = 32
+RTTS_MAX = 32
+RTT_MS_MAX = 60_000
 LATE = 1
 AUDIT = 2
 REPLICA_FLAGS_MAX = LATE | AUDIT
@@ -36,6 +38,14 @@ RUNTIME_MS_MAX = 30 * 24 * 3600 * 1000
 
 def _with_default(wire_type: WireType, default: object) -> Any:
     return dataclasses.field(default=default, metadata={"wire": wire_type})
+
+
+@dataclass(frozen=True)
+class PeerRtt(Struct):
+    """A round-trip time the offering node measured (its pings) to another node."""
+
+    node: bytes = wire_field(Blob(ACCOUNT_BYTES, ACCOUNT_BYTES))
+    ms: int = wire_field(UInt(RTT_MS_MAX))
 
 
 @register
@@ -51,6 +61,9 @@ class OfferCapacity(LedgerTx):
     gpus: tuple[GpuSpec, ...] = wire_field(Seq(Nested(GpuSpec), OFFER_GPU_SPECS_MAX))
     region: str = wire_field(Text(REGION_BYTES_MAX))
     price_per_gpu_hour: int = wire_field(UInt())
+    rtt_ms: tuple[PeerRtt, ...] = _with_default(Seq(Nested(PeerRtt), RTTS_MAX), ())
+    """Measured RTTs to other nodes, sorted by node, at most RTTS_MAX (the scheduler uses
+    them for jobs submitted near one of those nodes)."""
 
 
 @register
@@ -115,6 +128,7 @@ class Offer(Struct):
     price_per_gpu_hour: int = wire_field(UInt())
     height: int = wire_field(UInt())
     """When it was last offered."""
+    rtt_ms: tuple[PeerRtt, ...] = _with_default(Seq(Nested(PeerRtt), RTTS_MAX), ())
 
     @property
     def gpu_total(self) -> int:

@@ -52,6 +52,7 @@ def market_offers(state: LedgerState) -> list[NodeOffer]:
                 free_gpus=max(0, total - busy.get(node, 0)),
                 region=offer.region,
                 price_per_gpu_hour=effective_price(state, offer),
+                rtt_ms=((node, 0), *((p.node, p.ms) for p in offer.rtt_ms)),
             )
         )
     return offers
@@ -67,7 +68,12 @@ def _offer(
     models = [g.model.lower() for g in tx.gpus]
     if len(set(models)) != len(models):
         raise InvalidTransaction(TxCode.MALFORMED, "each GPU model may appear once per offer")
-    offer = Offer(tx.gpus, tx.region, tx.price_per_gpu_hour, ctx.height)
+    peers = [p.node for p in tx.rtt_ms]
+    if peers != sorted(set(peers)) or sender in peers:
+        raise InvalidTransaction(
+            TxCode.MALFORMED, "RTTs must name other nodes, each once, sorted by node"
+        )
+    offer = Offer(tx.gpus, tx.region, tx.price_per_gpu_hour, ctx.height, tx.rtt_ms)
 
     def effect() -> None:
         if tx.gpus:

@@ -189,3 +189,27 @@ def test_inference_on_uploaded_weights_fetched_by_content_hash(
     assert got.returncode == 0, got.stderr
     spec = inference.InferenceParams((24, 48, 6), 0, inference.weights_hash(weights), 2, 5)
     assert np.array_equal(np.load(out), inference.run(spec, weights).output)
+
+
+def test_offers_carry_measured_rtts_and_a_tight_rtt_cap_keeps_a_job_at_home(
+    swarm: Swarm,
+) -> None:
+    """Each node's pings measure its peers; its offer carries those RTTs (5 ms steps on
+    loopback). A job submitted through node-1 with a 1 ms cap can only run on node-1 itself:
+    every other node is at least one 5 ms step away."""
+    wait_offers(swarm)
+    node = swarm.nodes[1]
+    height = chain(node)["height"]
+    for step in range(200):
+        got = offers(swarm)
+        if all(len(o["rtt_ms"]) == NODES - 1 for o in got):
+            break
+        chain(node, at_least=height + step + 1)
+    else:
+        raise AssertionError(f"offers never carried RTTs to every peer: {got}")
+    assert all(5 <= ms <= 1_000 for o in got for ms in o["rtt_ms"].values())
+    doc = submit(swarm, "matmul", "--n", "32", "--redundancy", "1", "--max-rtt", "1",
+                 via="node-1")  # fmt: skip
+    job = doc["job"]
+    assert job["status"] == "settled", job
+    assert [r["node"] for r in job["replicas"]] == [key_of(node)]

@@ -27,7 +27,13 @@ from consensus.ledger import (
 )
 from consensus.ledger.genesis import Genesis, GenesisOperator
 from consensus.ledger.job_records import REASON_NONE, JobRecord, JobStatus, SubmitJob, job_id
-from consensus.ledger.market_records import CommitResult, Heartbeat, OfferCapacity, RevealResult
+from consensus.ledger.market_records import (
+    CommitResult,
+    Heartbeat,
+    OfferCapacity,
+    PeerRtt,
+    RevealResult,
+)
 from consensus.ledger.params import MarketParams
 from consensus.market.scheduler import Reason
 from consensus.market.verify import result_commitment
@@ -106,8 +112,12 @@ class Market:
         assert rejection.code is code, rejection
         return rejection.reason
 
-    def offer(self, node: Identity, gpus: tuple[GpuSpec, ...] = A100, price: int = PRICE) -> None:
-        self.send(node, OfferCapacity, gpus=gpus, region="eu", price_per_gpu_hour=price)
+    def offer(
+        self, node: Identity, gpus: tuple[GpuSpec, ...] = A100, price: int = PRICE,
+        rtt: tuple[PeerRtt, ...] = (),
+    ) -> None:  # fmt: skip
+        self.send(node, OfferCapacity, gpus=gpus, region="eu", price_per_gpu_hour=price,
+                  rtt_ms=rtt)  # fmt: skip
 
     def submit(self, **kw: Any) -> bytes:
         terms: dict[str, Any] = dict(
