@@ -434,8 +434,11 @@ class MarketSim:
         return None
 
     def _all_closed(self) -> bool:
+        """Every submitted job closed (the protocol's own challenge jobs are not waited for)."""
         jobs = self.state.jobs
-        return len(jobs) == self.sc.jobs and all(r.status in FINAL for r in jobs.values())
+        if len(self.submitted) < self.sc.jobs:
+            return False
+        return all(j in jobs and jobs[j].status in FINAL for j in self.submitted)
 
     # -- results and checkers --------------------------------------------------------------------
 

@@ -64,6 +64,7 @@ MARKET_RANGES: dict[str, tuple[int, int]] = {
     "strikes_to_jail": (1, 1_000),
     "deadline_blocks_max": (1, U64_MAX),
     "watch_epochs": (0, 1_000),
+    "challenge_every_blocks": (0, 1_000_000),
     "flags_per_epoch_max": (0, 1_000),
 }
 PRICING_RANGES: dict[str, tuple[int, int]] = {

@@ -23,6 +23,7 @@ import hashlib
 from dataclasses import replace
 
 from consensus.ledger.apply import BlockContext, register_block_hook
+from consensus.ledger.challenges import step_challenges
 from consensus.ledger.escrow import escrow_refund
 from consensus.ledger.job_records import (
     EXCLUDED_MAX,
@@ -290,6 +291,7 @@ def _jobs_hook(state: LedgerState, ctx: BlockContext) -> None:
     step_spot_draws(state, ctx.parent_hash)
     step_timeouts(state, ctx.height)
     step_assignments(state, ctx.height)
+    step_challenges(state, ctx.height, ctx.parent_hash)
     step_prices(state)
 
 

@@ -75,6 +75,8 @@ class MarketParams(Struct):
     strikes_to_jail: int = _param(2, 1_000)
     """Verdicts a node may lose in one epoch without being slashable (see job_results)
     before it is jailed, stake untouched: a persistent cheater stops being scheduled."""
+    challenge_every_blocks: int = _param(100, 1_000_000)
+    """How often the protocol probes a random node with a challenge job (0: never)."""
     watch_epochs: int = _param(2, 1_000)
     """How long a `FlagNode` puts a node under audit of every job it takes part in."""
     flags_per_epoch_max: int = _param(4, 1_000)
