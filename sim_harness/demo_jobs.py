@@ -71,21 +71,29 @@ def run_market_demo(swarm: Swarm, console: Console, *, timeout_s: float = 120.0)
     nonces = {u.public_key: _nonce(client, u.public_key) for u in users}
     height = int(client.chain_status()["height"])
     jobs: list[tuple[str, Any, str]] = []
-    console.print("submitting as `gpumesh job submit KIND --key swarm/users/userN.key` does:")
-    for i, (kind, spec) in enumerate(demo_specs()):
-        user = users[i % len(users)]
-        terms = dict(
-            kind=kind, params=encode_params(spec), inputs=(), gpu_model="", min_memory_mib=0,
-            gpus=1, region="", max_rtt_ms=0, redundancy=REDUNDANCY,
-            deadline_height=height + DEADLINE_BLOCKS, max_price_per_gpu_hour=PRICE_CAP,
-            max_hours_milli=HOURS_MILLI,
-        )  # fmt: skip
-        doc = submit_job(client, user, terms, nonces[user.public_key])
-        if not doc["accepted"]:
-            console.print(f"[red]refused[/] {kind}: {doc['code']}: {doc['reason']}")
-            return False
-        nonces[user.public_key] += 1
-        jobs.append((kind, spec, doc["job_id"]))
+    specs = demo_specs()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"), console=console,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("jobs submitted", total=len(specs), last="")
+        for i, (kind, spec) in enumerate(specs):
+            user = users[i % len(users)]
+            terms = dict(
+                kind=kind, params=encode_params(spec), inputs=(), gpu_model="",
+                min_memory_mib=0, gpus=1, region="", max_rtt_ms=0, redundancy=REDUNDANCY,
+                deadline_height=height + DEADLINE_BLOCKS, max_price_per_gpu_hour=PRICE_CAP,
+                max_hours_milli=HOURS_MILLI,
+            )  # fmt: skip
+            doc = submit_job(client, user, terms, nonces[user.public_key])
+            if not doc["accepted"]:
+                console.print(f"[red]refused[/] {kind}: {doc['code']}: {doc['reason']}")
+                return False
+            nonces[user.public_key] += 1
+            jobs.append((kind, spec, doc["job_id"]))
+            bar.update(task, advance=1, last=f"{kind} {doc['job_id'][:12]}")
+    console.print("(each signed and sent as `gpumesh job submit KIND --key "
+                  "swarm/users/userN.key` does)")  # fmt: skip
     views = _follow(client, [j for _, _, j in jobs], console, timeout_s)
     console.print(
         jobs_table(
