@@ -161,9 +161,13 @@ class Nested(WireType):
         return self.struct.from_wire(raw, path)
 
 
-def wire_field(wire_type: WireType) -> Any:
-    """Declare a dataclass field together with how it travels."""
-    return dataclasses.field(metadata={"wire": wire_type})
+_NO_DEFAULT: Any = dataclasses.MISSING
+
+
+def wire_field(wire_type: WireType, default: Any = _NO_DEFAULT) -> Any:
+    """Declare a dataclass field together with how it travels (and, for a field added to a
+    record later, the default that older callers get)."""
+    return dataclasses.field(default=default, metadata={"wire": wire_type})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -502,10 +502,10 @@ class MarketSim:
         return mine is not None and mine.revealed and mine.digest != record.result_digest
 
     def _penalised(self, node: bytes, job: bytes) -> bool:
-        from consensus.ledger.job_flow import NO_SHOW, PENALTY_DOMAIN, WITHHELD, WRONG_RESULT
+        from consensus.ledger.job_flow import NO_SHOW, WITHHELD, WRONG_RESULT, penalty_digest
 
         return any(
-            hashlib.sha256(PENALTY_DOMAIN + kind + job + node).digest() in self.state.evidence_seen
+            penalty_digest(kind, job, node) in self.state.evidence_seen
             for kind in (NO_SHOW, WITHHELD, WRONG_RESULT)
         )
 

@@ -66,10 +66,6 @@ def job_request(job: bytes, record: JobRecord, redundancy: int | None = None) ->
     )
 
 
-def replicas_wanted(record: JobRecord) -> int:
-    return record.replicas_wanted
-
-
 def audit_only(record: JobRecord) -> bool:
     """Every replica has committed and only the spot-check replica is missing."""
     return (
@@ -91,6 +87,11 @@ def spot_checked(state: LedgerState, job: bytes, parent_hash: bytes) -> bool:
     return int.from_bytes(draw[:8], "big") % 1000 < odds
 
 
+def penalty_digest(kind: bytes, job: bytes, node: bytes) -> bytes:
+    """The evidence digest of one market fault: one fault of one node on one job."""
+    return hashlib.sha256(PENALTY_DOMAIN + kind + job + node).digest()
+
+
 def penalise(state: LedgerState, job: bytes, node: bytes, kind: bytes) -> None:
     """Slash `node` for a market fault on `job`: a no-show or withheld result costs
     `no_show_slash_bps` (no jail: an outage is not malice), a wrong result costs
@@ -98,7 +99,7 @@ def penalise(state: LedgerState, job: bytes, node: bytes, kind: bytes) -> None:
     fault is punished once; an operator that has since left is not found and not slashed."""
     if node not in state.operators:
         return
-    digest = hashlib.sha256(PENALTY_DOMAIN + kind + job + node).digest()
+    digest = penalty_digest(kind, job, node)
     if digest in state.evidence_seen:
         return
     market = state.params.market
@@ -207,7 +208,7 @@ def schedulable(record: JobRecord, height: int, windows: int) -> bool:
     """PENDING, short of replicas, and with time left for a full commit-reveal round."""
     return (
         record.status == JobStatus.PENDING
-        and len(record.replicas) < replicas_wanted(record)
+        and len(record.replicas) < record.replicas_wanted
         and record.terms.deadline_height - height > windows
     )
 
@@ -252,7 +253,7 @@ def step_assignments(state: LedgerState, height: int) -> None:
         record = book[j]
         avoid = {*record.excluded, *(r.node for r in record.replicas)}
         mine = [_with_free(o, free) for o in offers if o.node_id not in avoid]
-        need = replicas_wanted(record) - len(record.replicas)
+        need = record.replicas_wanted - len(record.replicas)
         got, missing = schedule([job_request(j, record, need)], mine)
         if got:
             outcomes[j] = (got[0].node_ids, REASON_NONE)

@@ -8,16 +8,14 @@ the handlers (`jobs.py`) need the state. The rules live in `consensus.ledger.job
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 from consensus.ledger.market_records import Replica
 from consensus.ledger.tx import ACCOUNT_BYTES, LedgerTx
 from p2p import codec
-from p2p.wire import Blob, Nested, Seq, Struct, Text, UInt, WireType, register, wire_field
+from p2p.wire import Blob, Nested, Seq, Struct, Text, UInt, register, wire_field
 
 JOB_ID_BYTES = 32
 HASH_BYTES = 32
@@ -32,10 +30,6 @@ GPUS_MAX = 64
 REDUNDANCY_MAX = 5
 MILLI = 1000
 JOB_ID_DOMAIN = b"gpumesh/job-id/v1"
-
-
-def _with_default(wire_type: WireType, default: object) -> Any:
-    return dataclasses.field(default=default, metadata={"wire": wire_type})
 
 
 @register
@@ -71,7 +65,7 @@ class SubmitJob(LedgerTx):
     max_price_per_gpu_hour: int = wire_field(UInt())
     max_hours_milli: int = wire_field(UInt())
     """The most GPU-time one GPU may bill, in thousandths of an hour."""
-    near: bytes = _with_default(Blob(ACCOUNT_BYTES), b"")
+    near: bytes = wire_field(Blob(ACCOUNT_BYTES), b"")
     """The node the job was submitted through (b"": none): `max_rtt_ms` and the RTT part of
     the score are measured from it, with the RTTs nodes put in their offers."""
 
@@ -141,29 +135,29 @@ class JobRecord(Struct):
     """What was locked (the terms' max_cost); the escrow holds it while the job is pending."""
     terms: SubmitJob = wire_field(Nested(SubmitJob))  # noqa: RUF009
     """The transaction as submitted (its nonce and fee included)."""
-    replicas: tuple[Replica, ...] = _with_default(Seq(Nested(Replica), REPLICAS_MAX), ())
+    replicas: tuple[Replica, ...] = wire_field(Seq(Nested(Replica), REPLICAS_MAX), ())
     """Current replicas, sorted by node; each carries its commit-reveal progress."""
-    excluded: tuple[bytes, ...] = _with_default(Seq(Blob(32, 32), EXCLUDED_MAX), ())
+    excluded: tuple[bytes, ...] = wire_field(Seq(Blob(32, 32), EXCLUDED_MAX), ())
     """Nodes that failed this job (no-show, withheld): never assigned to it again."""
-    tie_breakers: int = _with_default(UInt(3), 0)
+    tie_breakers: int = wire_field(UInt(3), 0)
     """Extra replicas drawn to break ties so far."""
-    spot_check: int = _with_default(UInt(SPOT_CLEAR), 0)
+    spot_check: int = wire_field(UInt(SPOT_CLEAR), 0)
     """SPOT_WANTED if the protocol drew one more replica at random to audit this job,
     SPOT_SKIPPED if it drew one but no operator had room for it."""
-    reroutes: int = _with_default(UInt(), 0)
-    phase_height: int = _with_default(UInt(), 0)
+    reroutes: int = wire_field(UInt(), 0)
+    phase_height: int = wire_field(UInt(), 0)
     """When the current phase (assigned, revealing, back to pending) began."""
-    last_reason: int = _with_default(UInt(REASON_NONE), REASON_NONE)
+    last_reason: int = wire_field(UInt(REASON_NONE), REASON_NONE)
     """The scheduler's `Reason` code the last time it left the job out; REASON_NONE if it
     never did or has since placed it."""
-    result_digest: bytes = _with_default(Blob(32), b"")
-    paid: int = _with_default(UInt(), 0)
+    result_digest: bytes = wire_field(Blob(32), b"")
+    paid: int = wire_field(UInt(), 0)
     """Paid to operators (after the fee)."""
-    fee_paid: int = _with_default(UInt(), 0)
-    refunded: int = _with_default(UInt(), 0)
-    billed_ms: int = _with_default(UInt(), 0)
-    closed_height: int = _with_default(UInt(), 0)
-    subsidy: int = _with_default(UInt(), 0)
+    fee_paid: int = wire_field(UInt(), 0)
+    refunded: int = wire_field(UInt(), 0)
+    billed_ms: int = wire_field(UInt(), 0)
+    closed_height: int = wire_field(UInt(), 0)
+    subsidy: int = wire_field(UInt(), 0)
     """Paid from the protocol account (for a spot-check replica), on top of the escrow:
     paid + fee_paid + refunded == escrowed + subsidy."""
 

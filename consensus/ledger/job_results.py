@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from consensus.ledger.apply import BlockContext, register_tx_handler
 from consensus.ledger.errors import InvalidTransaction, TxCode
+from consensus.ledger.escrow import escrow_refund
 from consensus.ledger.job_flow import WRONG_RESULT, penalise
 from consensus.ledger.job_records import SPOT_DUE, JobRecord, JobStatus
 from consensus.ledger.liveness import heard_from, is_watched
@@ -32,7 +33,10 @@ MS_PER_HOUR = 3_600_000
 MS_PER_MILLI_HOUR = 3_600
 
 
-def _replica_of(state: LedgerState, sender: bytes, job: bytes, phase: JobStatus) -> JobRecord:
+def _replica_of(
+    state: LedgerState, sender: bytes, job: bytes, phase: JobStatus
+) -> tuple[JobRecord, Replica]:
+    """The job and the sender's replica of it, if the job is in `phase`; else why not."""
     record = state.jobs.get(job)
     if record is None:
         raise InvalidTransaction(TxCode.UNKNOWN_JOB, f"no job {job.hex()}")
@@ -41,9 +45,10 @@ def _replica_of(state: LedgerState, sender: bytes, job: bytes, phase: JobStatus)
         raise InvalidTransaction(
             TxCode.WRONG_PHASE, f"job {job.hex()} is {status}, not {phase.name.lower()}"
         )
-    if all(r.node != sender for r in record.replicas):
+    mine = next((r for r in record.replicas if r.node == sender), None)
+    if mine is None:
         raise InvalidTransaction(TxCode.NOT_REPLICA, f"the sender runs no replica of {job.hex()}")
-    return record
+    return record, mine
 
 
 def _with(record: JobRecord, updated: Replica) -> tuple[Replica, ...]:
@@ -53,8 +58,7 @@ def _with(record: JobRecord, updated: Replica) -> tuple[Replica, ...]:
 def _commit(
     state: LedgerState, sender: bytes, tx: CommitResult, spendable: int, ctx: BlockContext
 ) -> Effect:
-    record = _replica_of(state, sender, tx.job_id, JobStatus.ASSIGNED)
-    mine = next(r for r in record.replicas if r.node == sender)
+    record, mine = _replica_of(state, sender, tx.job_id, JobStatus.ASSIGNED)
     if mine.committed:
         raise InvalidTransaction(TxCode.ALREADY_DONE, "this replica has already committed")
 
@@ -81,8 +85,7 @@ def _commit(
 def _reveal(
     state: LedgerState, sender: bytes, tx: RevealResult, spendable: int, ctx: BlockContext
 ) -> Effect:
-    record = _replica_of(state, sender, tx.job_id, JobStatus.REVEALING)
-    mine = next(r for r in record.replicas if r.node == sender)
+    record, mine = _replica_of(state, sender, tx.job_id, JobStatus.REVEALING)
     if mine.revealed:
         raise InvalidTransaction(TxCode.ALREADY_DONE, "this replica has already revealed")
     if result_commitment(tx.job_id, sender, tx.digest, tx.salt) != mine.commitment:
@@ -111,7 +114,7 @@ def conclude(state: LedgerState, job: bytes, record: JobRecord, height: int) -> 
                 phase_height=height,
             )  # fmt: skip
         refunded = state.escrows[job].amount
-        _refund(state, job)
+        escrow_refund(state, job)
         return replace(record, status=JobStatus.FAILED, refunded=refunded, closed_height=height)
     blind = [(r.node, r.digest) for r in record.replicas if not r.late]
     judged = verdict(blind) if blind else None
@@ -137,11 +140,6 @@ def strike(state: LedgerState, node: bytes) -> None:
         op.jailed_until_epoch = max(
             op.jailed_until_epoch, state.epoch + state.params.jail_epochs + 1
         )
-
-
-def _refund(state: LedgerState, job: bytes) -> None:
-    escrow = state.escrows.pop(job)
-    state.credit(escrow.payer, escrow.amount)
 
 
 def billed_ms(record: JobRecord, winners: tuple[bytes, ...]) -> int:

@@ -50,17 +50,13 @@ def jobs_of(state: LedgerState) -> JobBook:
     return state.jobs
 
 
-def _read_jobs(state: LedgerState) -> JobBook:
-    return state.jobs
-
-
 def get_job(state: LedgerState, job: bytes) -> JobRecord | None:
-    return _read_jobs(state).get(job)
+    return jobs_of(state).get(job)
 
 
 def pending_jobs(state: LedgerState) -> list[tuple[bytes, JobRecord]]:
     """(id, record) of every pending job, sorted by id: the scheduler's input."""
-    return [(j, r) for j, r in sorted(_read_jobs(state).items()) if r.pending]
+    return [(j, r) for j, r in sorted(jobs_of(state).items()) if r.pending]
 
 
 def live_at(record: JobRecord, height: int) -> bool:

@@ -13,13 +13,11 @@ rich view for dashboards; its offer is the slow, committed one that jobs are pla
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from consensus.ledger.tx import ACCOUNT_BYTES, LedgerTx
 from p2p.announcements import GpuSpec
-from p2p.wire import Blob, Nested, Seq, Struct, Text, UInt, WireType, register, wire_field
+from p2p.wire import Blob, Nested, Seq, Struct, Text, UInt, register, wire_field
 
 JOB_ID_BYTES = 32
 DIGEST_BYTES = 32
@@ -34,10 +32,6 @@ AUDIT = 2
 REPLICA_FLAGS_MAX = LATE | AUDIT
 RUNTIME_MS_MAX = 30 * 24 * 3600 * 1000
 """A month: no replica may claim more (the job's own hours cap bills far less)."""
-
-
-def _with_default(wire_type: WireType, default: object) -> Any:
-    return dataclasses.field(default=default, metadata={"wire": wire_type})
 
 
 @dataclass(frozen=True)
@@ -61,7 +55,7 @@ class OfferCapacity(LedgerTx):
     gpus: tuple[GpuSpec, ...] = wire_field(Seq(Nested(GpuSpec), OFFER_GPU_SPECS_MAX))
     region: str = wire_field(Text(REGION_BYTES_MAX))
     price_per_gpu_hour: int = wire_field(UInt())
-    rtt_ms: tuple[PeerRtt, ...] = _with_default(Seq(Nested(PeerRtt), RTTS_MAX), ())
+    rtt_ms: tuple[PeerRtt, ...] = wire_field(Seq(Nested(PeerRtt), RTTS_MAX), ())
     """Measured RTTs to other nodes, sorted by node, at most RTTS_MAX (the scheduler uses
     them for jobs submitted near one of those nodes)."""
 
@@ -128,7 +122,7 @@ class Offer(Struct):
     price_per_gpu_hour: int = wire_field(UInt())
     height: int = wire_field(UInt())
     """When it was last offered."""
-    rtt_ms: tuple[PeerRtt, ...] = _with_default(Seq(Nested(PeerRtt), RTTS_MAX), ())
+    rtt_ms: tuple[PeerRtt, ...] = wire_field(Seq(Nested(PeerRtt), RTTS_MAX), ())
 
     @property
     def gpu_total(self) -> int:
@@ -144,12 +138,12 @@ class Replica(Struct):
     price_per_gpu_hour: int = wire_field(UInt())
     """The node's offered price when it was assigned: what it bills, whatever it offers later."""
     assigned_height: int = wire_field(UInt())
-    commitment: bytes = _with_default(Blob(COMMITMENT_BYTES), b"")
+    commitment: bytes = wire_field(Blob(COMMITMENT_BYTES), b"")
     """b"" until committed."""
-    digest: bytes = _with_default(Blob(DIGEST_BYTES), b"")
+    digest: bytes = wire_field(Blob(DIGEST_BYTES), b"")
     """b"" until revealed."""
-    runtime_ms: int = _with_default(UInt(RUNTIME_MS_MAX), 0)
-    flags: int = _with_default(UInt(REPLICA_FLAGS_MAX), 0)
+    runtime_ms: int = wire_field(UInt(RUNTIME_MS_MAX), 0)
+    flags: int = wire_field(UInt(REPLICA_FLAGS_MAX), 0)
     """LATE: assigned after a digest of the job was public, so it could have copied one (its
     vote never slashes anyone); AUDIT: the protocol's spot-check replica (paid by it)."""
 
