@@ -23,14 +23,18 @@ replicas first, most GPUs first), each job in turn takes its k cheapest nodes wi
 distinct operators (exact for one job: the optimum of a partition matroid); each job left
 out is retried with chains of moves that make room; each placed replica is then re-placed
 by its cheapest chain if that is cheaper (swaps and rotations included), on the cheapest of
-the orders' results. The repair work is bounded by a step count, not a clock, so every
-member stops at the same place. The tests and `bench/scheduler.py` measure the result
-against the exact optimum (scipy).
+the orders' results. While jobs are still left out, a ruin-and-recreate search
+(`_ruin_recreate`) clears the nodes of one of them and puts everything back in drawn orders,
+which is what finds the packings a tight market needs. All work is bounded by step counts,
+not a clock, and the search's draws come from a generator seeded by the job ids, so every
+member stops at the same place with the same result. The tests and `bench/scheduler.py`
+measure the result against the exact optimum (scipy).
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -318,6 +322,7 @@ class _Prepared:
         self.rtt = [n._rtt for n in ordered]
         self.static = [_static_cost(n, weights) for n in ordered]
         self._matching: dict[tuple[str | None, int], list[int]] = {}
+        self._has_model: dict[str | None, list[bool]] = {}
 
     def matching(self, model: str | None, min_memory_mib: int) -> list[int]:
         key = (model, min_memory_mib)
@@ -357,6 +362,62 @@ class _Prepared:
         out.sort()
         return out
 
+    def unfit_reason(self, job: JobRequest) -> Reason | None:
+        """`unfit_reason(job, nodes)`, unrolled over the columns like `candidates` (the
+        tests compare the two): the scheduler asks it of every job short of operators, which
+        in an overloaded market is many."""
+        if not self.nodes:
+            return Reason.NO_NODES
+        w = self.weights
+        need = job.gpus_needed
+        model = _lower(job.gpu_model)
+        region, price_cap, rtt_cap = job.region, job.max_price_per_gpu_hour, job.max_rtt_ms
+        submitter, same_region = job.submitter, job.submitter_region
+        has_model = self.has_model(model)
+        matching = self.matching(model, job.min_memory_mib)
+        closest = Reason.NO_NODES
+        operators: set[bytes] = set()
+        for i, m in enumerate(matching):
+            if not has_model[i]:
+                reason = Reason.NO_FIT_MODEL
+            elif m == 0:
+                reason = Reason.NO_FIT_MEMORY
+            elif m < need:
+                reason = Reason.NOT_ENOUGH_GPUS
+            elif region is not None and self.region[i] != region:
+                reason = Reason.NO_FIT_REGION
+            elif self.price[i] > price_cap:
+                reason = Reason.PRICE_TOO_LOW
+            else:
+                rtt = self.rtt[i].get(submitter)
+                if rtt is None:
+                    rtt = (
+                        w.same_region_rtt_ms if same_region == self.region[i] else w.unknown_rtt_ms
+                    )
+                if rtt_cap is not None and rtt > rtt_cap:
+                    reason = Reason.RTT_TOO_HIGH
+                elif self.free[i] < need:
+                    reason = Reason.NO_CAPACITY
+                else:
+                    operators.add(self.operator[i])
+                    continue
+            if reason > closest:
+                closest = reason
+        if not operators:
+            return closest
+        if len(operators) < job.redundancy:
+            return Reason.NOT_ENOUGH_OPERATORS
+        return None
+
+    def has_model(self, model: str | None) -> list[bool]:
+        found = self._has_model.get(model)
+        if found is None:
+            found = [
+                model is None or any(g.model.lower() == model for g in n.gpus) for n in self.nodes
+            ]
+            self._has_model[model] = found
+        return found
+
 
 REPAIR_BUDGET = 12_000
 """Inner steps the repair passes may take per call, shared by the job orders tried: it bounds
@@ -364,10 +425,25 @@ the decision time whatever the instance, and being a count (not a clock) it stop
 same place on every member."""
 IMPROVE_BUDGET = 12_000
 """The same bound for the improvement pass (run once, on the best order's result)."""
+WORK_BUDGET = 150_000
+"""Steps one call may take in all. The construction (candidate lists, the greedy passes of
+every order, repair, swaps) is counted against it and the improvement pass's share is kept
+aside; the ruin-and-recreate search gets what is left. So a small market, cheap to
+construct, is searched hard, and a large one, whose construction is most of the bound, is
+decided in about the same time (bench/scheduler.py measures both)."""
+NODE_CHECKS_PER_STEP = 3
+"""Node checks in `_Prepared.candidates` per step: a check costs about a third of a chain
+step."""
+RUIN_ROUND_STEPS = 50
+"""The fixed cost of one ruin-and-recreate round (draws, marks, bookkeeping) in steps."""
 
 
 class _Placement:
-    """The mutable state of one `schedule` call: free GPUs left per node and who sits where."""
+    """The mutable state of one `schedule` call: free GPUs left per node and who sits where.
+
+    Every change can be journaled (`mark` / `rollback`), so a tentative rearrangement costs
+    only the moves it makes, not a copy of the whole state, and `delta` keeps the change in
+    total assignment cost since the mark."""
 
     def __init__(
         self,
@@ -380,28 +456,63 @@ class _Placement:
         self.on_node: list[dict[int, int]] = [{} for _ in prep.nodes]
         """node index -> {job number: cost of that replica}."""
         self.nodes_of: dict[int, list[int]] = {}
+        """job number -> node indices of its placed replicas (a job with none has no key)."""
         self.costs = costs
         """job number -> {node index: cost} over its fitting nodes (shared, read only)."""
         self.cands_of = cands_of
         """job number -> its fitting nodes as (cost, node index), cheapest first."""
+        self.journal: list[tuple[int, int, int, int, int]] | None = None
+        """(op, job, need, node, other) per change since `mark`; None when not journaling."""
+        self.delta = 0
 
     def put(self, j: int, need: int, i: int, c: int) -> None:
         self.left[i] -= need
         self.on_node[i][j] = c
         self.nodes_of.setdefault(j, []).append(i)
+        self.delta += c
+        if self.journal is not None:
+            self.journal.append((0, j, need, i, c))
 
     def take(self, j: int, need: int, i: int) -> int:
         self.left[i] += need
-        self.nodes_of[j].remove(i)
-        return self.on_node[i].pop(j)
+        placed = self.nodes_of[j]
+        placed.remove(i)
+        if not placed:
+            del self.nodes_of[j]
+        c = self.on_node[i].pop(j)
+        self.delta -= c
+        if self.journal is not None:
+            self.journal.append((1, j, need, i, c))
+        return c
 
     def move(self, j: int, need: int, src: int, dst: int) -> None:
         self.left[src] += need
-        del self.on_node[src][j]
+        old = self.on_node[src].pop(j)
         self.left[dst] -= need
-        self.on_node[dst][j] = self.costs[j][dst]
+        new = self.on_node[dst][j] = self.costs[j][dst]
         placed = self.nodes_of[j]
         placed[placed.index(src)] = dst
+        self.delta += new - old
+        if self.journal is not None:
+            self.journal.append((2, j, need, src, dst))
+
+    def mark(self) -> None:
+        """Start journaling afresh: `rollback` returns to this point."""
+        self.journal = []
+        self.delta = 0
+
+    def rollback(self) -> None:
+        """Undo every change since `mark`, newest first."""
+        journal, self.journal = self.journal, None
+        assert journal is not None
+        for op, j, need, a, b in reversed(journal):
+            if op == 0:
+                self.take(j, need, a)
+            elif op == 1:
+                self.put(j, need, a, b)
+            else:
+                self.move(j, need, b, a)
+        self.delta = 0
 
 
 def schedule(
@@ -419,8 +530,10 @@ def schedule(
     greedy pass, so this is where it recovers jobs that an earlier, more flexible job crowded
     out). The result with the least `total_cost` (penalties for jobs left out included) is
     kept; a job left out takes the place of a placed one that costs more to serve there
-    (`_swap_in`), an improvement pass re-places each replica by its cheapest chain, and a
-    job still left out gets a last direct try on what is left.
+    (`_swap_in`); while jobs are left out, ruin and recreate (`_ruin_recreate`) searches for
+    a better packing with the steps `WORK_BUDGET` leaves; an improvement pass re-places each
+    replica by its cheapest chain, and a job still left out gets a last direct try on what
+    is left.
 
     Deterministic: the result depends on the inputs' content, never on their order."""
     by_id = sorted(jobs, key=lambda j: j.job_id)
@@ -434,14 +547,18 @@ def schedule(
         cands = prep.candidates(job)
         operators = len({operator[i] for _, i in cands})
         if operators < job.redundancy:
-            reason = unfit_reason(job, prep.nodes, weights)
+            reason = prep.unfit_reason(job)
             reasons[j] = Reason.NOT_ENOUGH_OPERATORS if reason is None else reason
             continue
         cands_of[j] = cands
     costs = {j: {i: c for c, i in cands} for j, cands in cands_of.items()}
+    spent = len(prep.nodes) * len(by_id) // NODE_CHECKS_PER_STEP + len(ORDERS) * sum(
+        len(cands) for cands in cands_of.values()
+    )
     best: tuple[int, int, _Placement, list[int]] | None = None
     for order_no, order in enumerate(ORDERS):
-        state, dropped = _place_all(prep, by_id, cands_of, costs, order)
+        state, dropped, used = _place_all(prep, by_id, cands_of, costs, order)
+        spent += used
         score = sum(c for on in state.on_node for c in on.values()) + sum(
             weights.unassigned_penalty * by_id[j].redundancy for j in dropped
         )
@@ -449,7 +566,12 @@ def schedule(
             best = (score, order_no, state, dropped)
     assert best is not None
     _, _, state, dropped = best
-    dropped = _swap_in(state, by_id, dropped, [IMPROVE_BUDGET])
+    budget = [IMPROVE_BUDGET]
+    dropped = _swap_in(state, by_id, dropped, budget)
+    spent += IMPROVE_BUDGET - max(budget[0], 0) + IMPROVE_BUDGET  # the last: _improve's share
+    draws = _Draws(int.from_bytes(hashlib.sha256(b"".join(j.job_id for j in by_id)).digest()[:8]))
+    penalty = weights.unassigned_penalty
+    dropped = _ruin_recreate(state, by_id, dropped, penalty, [WORK_BUDGET - spent], draws)
     _improve(state, by_id, [IMPROVE_BUDGET])
     for j in dropped:
         # Moves made after a job was given up on may have opened room for it; a job left out
@@ -492,9 +614,9 @@ def _place_all(
     cands_of: dict[int, list[tuple[int, int]]],
     costs: dict[int, dict[int, int]],
     order: str,
-) -> tuple[_Placement, list[int]]:
-    """One placement in one job order: greedy, then repair. Returns the state and the job
-    numbers left out for want of capacity."""
+) -> tuple[_Placement, list[int], int]:
+    """One placement in one job order: greedy, then repair. Returns the state, the job
+    numbers left out for want of capacity, and the repair steps taken."""
     state = _Placement(prep, cands_of, costs)
     operator = prep.operator
     queue = []
@@ -503,9 +625,10 @@ def _place_all(
         queue.append((_order_key(order, jobs[j], spare), j))
     queue.sort()
     left_out = [j for _, j in queue if not _place_greedy(state, j, jobs[j], cands_of[j])]
-    budget = [REPAIR_BUDGET // len(ORDERS)]
+    share = REPAIR_BUDGET // len(ORDERS)
+    budget = [share]
     dropped = [j for j in left_out if not _place_with_ejection(state, j, jobs, cands_of[j], budget)]
-    return state, sorted(dropped)
+    return state, sorted(dropped), share - max(budget[0], 0)
 
 
 def _place_greedy(state: _Placement, j: int, job: JobRequest, cands: list[tuple[int, int]]) -> bool:
@@ -516,6 +639,24 @@ def _place_greedy(state: _Placement, j: int, job: JobRequest, cands: list[tuple[
     used: set[bytes] = set()
     for c, i in cands:
         if left[i] >= need and operator[i] not in used:
+            picked.append((i, c))
+            used.add(operator[i])
+            if len(picked) == k:
+                for i2, c2 in picked:
+                    state.put(j, need, i2, c2)
+                return True
+    return False
+
+
+def _place_tight(state: _Placement, j: int, job: JobRequest, cands: list[tuple[int, int]]) -> bool:
+    """Like `_place_greedy`, but best fit: the nodes its replicas leave the least room on
+    (cost breaks ties), which packs tight capacity without scattering it."""
+    need, k = job.gpus_needed, job.redundancy
+    left, operator = state.left, state.prep.operator
+    picked: list[tuple[int, int]] = []
+    used: set[bytes] = set()
+    for _, c, i in sorted((left[i] - need, c, i) for c, i in cands if left[i] >= need):
+        if operator[i] not in used:
             picked.append((i, c))
             used.add(operator[i])
             if len(picked) == k:
@@ -552,6 +693,7 @@ def _best_chain(
     left, operator, on_node = state.left, state.prep.operator, state.on_node
     best: tuple[int, int, _Chain] | None = None
     frontier: dict[tuple[int, int], tuple[int, int, _Chain]] = {}
+    budget[0] -= len(cands)
     for c, i in cands:
         if operator[i] in blocked:
             continue
@@ -562,29 +704,32 @@ def _best_chain(
             frontier[(i, need - left[i])] = (c, i, ())
     for depth in range(CHAIN_DEPTH):
         grown: dict[tuple[int, int], tuple[int, int, _Chain]] = {}
+        deeper = depth + 1 < CHAIN_DEPTH
         for (n, short), (c0, start, chain) in sorted(frontier.items()):
             path = {start, *(dst for _, _, dst in chain)}
             moved = {a for a, _, _ in chain}
+            budget[0] -= 1 + len(on_node[n])
             for a, ca in sorted(on_node[n].items()):
                 a_need = jobs[a].gpus_needed
                 if a == j or a in moved or a_need < short:
                     continue
                 a_ops = {operator[x] for x in state.nodes_of[a] if x != n}
+                base = c0 - ca
                 for cd, dst in state.cands_of[a]:
                     budget[0] -= 1
                     if budget[0] < 0:
                         return best
                     if dst in path or operator[dst] in a_ops:
                         continue
-                    option = (c0 + cd - ca, start, (*chain, (a, n, dst)))
+                    value = base + cd
                     if left[dst] >= a_need:
-                        if best is None or option[:2] < best[:2]:
-                            best = option
-                    elif depth + 1 < CHAIN_DEPTH:
+                        if best is None or (value, start) < best[:2]:
+                            best = (value, start, (*chain, (a, n, dst)))
+                    elif deeper:
                         key = (dst, a_need - left[dst])
                         held = grown.get(key)
-                        if held is None or option[:2] < held[:2]:
-                            grown[key] = option
+                        if held is None or (value, start) < held[:2]:
+                            grown[key] = (value, start, (*chain, (a, n, dst)))
         frontier = grown
     return best
 
@@ -656,10 +801,112 @@ def _swap_in(
         if best is not None:
             _, i, a = best
             state.take(a, jobs[a].gpus_needed, -i)
-            del state.nodes_of[a]
             state.put(u, job.gpus_needed, -i, state.costs[u][-i])
             out.discard(u)
             out.add(a)
+    return sorted(out)
+
+
+class _Draws:
+    """splitmix64: the search's only source of variety, seeded from the jobs' ids, so every
+    member draws the same numbers on every platform and Python version (`random` promises
+    neither) and the schedule stays a pure function of its inputs."""
+
+    MASK = (1 << 64) - 1
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed & self.MASK
+
+    def below(self, n: int) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & self.MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.MASK
+        return (z ^ (z >> 31)) % n
+
+
+def _recreate_order(style: int, pool: list[int], jobs: list[JobRequest], state: _Placement,
+                    draws: _Draws) -> list[int]:  # fmt: skip
+    """The order a round puts jobs back in: fewest GPUs first (most replicas per GPU),
+    fewest places to go first, or shuffled; draws break ties, so rounds differ."""
+    keyed = []
+    for a in pool:
+        gpus, places = jobs[a].gpus_needed, len(state.cands_of[a])
+        key = (gpus, places) if style == 0 else (places, gpus) if style == 1 else (0, 0)
+        keyed.append((key, draws.below(1 << 20), a))
+    keyed.sort()
+    return [a for _, _, a in keyed]
+
+
+def _ruin_recreate(
+    state: _Placement,
+    jobs: list[JobRequest],
+    dropped: list[int],
+    penalty: int,
+    budget: list[int],
+    draws: _Draws,
+) -> list[int]:
+    """Ruin and recreate (Schrimpf et al., 2000) while jobs are left out: each round draws a
+    job left out, clears a few of its nodes (every job with a replica there comes off
+    whole), and puts the cleared jobs and the left-out jobs that could use those nodes
+    back in a drawn order, cheapest-first or best-fit, with chains for those that do not
+    fit directly. A round is kept if the total (penalties included) does not rise by more
+    than a threshold that falls to nothing as the budget runs out (threshold accepting),
+    otherwise rolled back; the best schedule seen is the one returned.
+
+    This is what the greedy and its chains cannot do in tight markets: give up a job that
+    eats capacity for two that fit in its place, or clear the only nodes a constrained job
+    can use and find the others a home elsewhere. Returns the jobs left out, in job order."""
+    out = set(dropped)
+    start = budget[0]
+    current = best = 0
+    best_placed = {j: list(v) for j, v in state.nodes_of.items()}
+    best_out = set(out)
+    cands_of, on_node = state.cands_of, state.on_node
+    while budget[0] > 0 and out:
+        u = sorted(out)[draws.below(len(out))]
+        cands = cands_of[u]
+        width = min(len(cands), 2 * jobs[u].redundancy + draws.below(3))
+        cleared = {cands[draws.below(len(cands))][1] for _ in range(width)}
+        removed = sorted({a for i in cleared for a in on_node[i]})
+        pool = removed + [a for a in sorted(out) if any(i in state.costs[a] for i in cleared)]
+        budget[0] -= RUIN_ROUND_STEPS + len(out) + 4 * len(pool)
+        state.mark()
+        for a in removed:
+            for i in list(state.nodes_of[a]):
+                state.take(a, jobs[a].gpus_needed, i)
+        order = _recreate_order(draws.below(3), pool, jobs, state, draws)
+        place = _place_tight if draws.below(2) == 0 else _place_greedy
+        unplaced = []
+        for a in order:
+            budget[0] -= len(cands_of[a])
+            if not place(state, a, jobs[a], cands_of[a]):
+                unplaced.append(a)
+        still_out = out.difference(pool)
+        still_out.update(
+            a for a in unplaced if not _place_with_ejection(state, a, jobs, cands_of[a], budget)
+        )
+        change = state.delta + penalty * (
+            sum(jobs[a].redundancy for a in still_out) - sum(jobs[a].redundancy for a in out)
+        )
+        if change < penalty * max(0, budget[0]) // (2 * start):
+            state.journal = None
+            out = still_out
+            current += change
+            if current < best:
+                best = current
+                best_placed = {j: list(v) for j, v in state.nodes_of.items()}
+                best_out = set(out)
+        else:
+            state.rollback()
+    if current != best:
+        for j in list(state.nodes_of):
+            for i in list(state.nodes_of[j]):
+                state.take(j, jobs[j].gpus_needed, i)
+        for j, placed in best_placed.items():
+            for i in placed:
+                state.put(j, jobs[j].gpus_needed, i, state.costs[j][i])
+        out = best_out
     return sorted(out)
 
 
@@ -676,7 +923,7 @@ def _improve(state: _Placement, jobs: list[JobRequest], budget: list[int]) -> No
             if budget[0] <= 0:
                 return
             old = state.take(j, need, i)
-            blocked = {state.prep.operator[x] for x in state.nodes_of[j]}
+            blocked = {state.prep.operator[x] for x in state.nodes_of.get(j, ())}
             found = _best_chain(state, j, jobs, state.cands_of[j], blocked, budget)
             if found is None or found[0] >= old:
                 state.put(j, need, i, old)
