@@ -347,6 +347,11 @@ class ChainService:
 
     # -- views -----------------------------------------------------------------------------------
 
+    @property
+    def height(self) -> int:
+        """The last height committed to disk (what /status reports as the chain's height)."""
+        return self._durable[0]
+
     def status(self) -> dict[str, object]:
         engine = self.engine
         if engine is None:

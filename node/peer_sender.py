@@ -116,7 +116,7 @@ class PeerSenders:
                 await trio.sleep(BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)])
             try:
                 await self._transport.request(
-                    peer, self._protocol, frame, timeout_ms=REQUEST_TIMEOUT_MS
+                    peer, self._protocol, frame, timeout_ms=REQUEST_TIMEOUT_MS, keep_stream=True
                 )
             except MessageTooLarge as exc:  # our bug, but one frame must not stop the node
                 reason = str(exc)

@@ -193,6 +193,7 @@ class NodeRuntime:
                 c = self.chain
                 chain_api = ChainApi(c.account, c.ledger, c.submit_tx, c.block, c.tx_pending)
             self.status_app = StatusApp(self._snapshot, self.metrics.render, admin, chain_api)
+            self.status_app.probe = self._probe
             if self.chain is not None and self.jobs is not None:
                 market = market_api(self.chain, self.jobs)
                 self.status_app.market = functools.partial(serve_market, market)
@@ -425,6 +426,17 @@ class NodeRuntime:
         if self.chain is not None:
             snap["chain"] = self.chain.status()
         return snap
+
+    def _probe(self) -> dict[str, object]:
+        """What `/status?wait_...` waits on, without the rest of `_snapshot`."""
+        probe: dict[str, object] = {
+            "peers": self.core.peers,
+            "supply": {"nodes": self.core.supply(self.clock_ms()).nodes},
+        }
+        if self.chain is not None:
+            opened = self.chain.engine is not None  # as in ChainService.status
+            probe["chain"] = {"height": self.chain.height if opened else 0}
+        return probe
 
     def _require_transport(self) -> Transport:
         if self.transport is None:

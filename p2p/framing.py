@@ -47,6 +47,20 @@ async def read_exactly(stream: FrameStream, size: int, limit: int) -> bytes:
     return bytes(buf)
 
 
+async def read_frame_or_end(stream: FrameStream, limit: int) -> bytes | None:
+    """`read_frame`, or None when the stream ends cleanly before the frame's first byte (a
+    requester that keeps a stream for several requests closes it between frames)."""
+    first = await stream.read(FRAME_HEADER.size)
+    if not first:
+        return None
+    if len(first) < FRAME_HEADER.size:
+        first += await read_exactly(stream, FRAME_HEADER.size - len(first), limit)
+    (size,) = FRAME_HEADER.unpack(first)
+    if size > limit:
+        raise FrameError("announced size over the limit", size, limit)
+    return await read_exactly(stream, size, limit)
+
+
 async def read_frame(stream: FrameStream, limit: int) -> bytes:
     """A u32 big-endian length then the payload; the length is checked before any allocation."""
     (size,) = FRAME_HEADER.unpack(await read_exactly(stream, FRAME_HEADER.size, limit))

@@ -42,7 +42,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
-from p2p.framing import FrameError, read_frame, write_frame
+from p2p.framing import FrameError, read_frame, read_frame_or_end, write_frame
 from p2p.identity import Identity
 from p2p.liveness import PING_NONCE, PingMonitor
 from p2p.memory_transport import PublishPacer
@@ -68,6 +68,8 @@ PING_PROTOCOL = "/gpumesh/ping/1.0.0"
 PEER_POLL_INTERVAL_S = 1.0
 """Backstop for the connection notifee: the peer set is re-read at least this often."""
 CLOSE_TIMEOUT_S = 5.0
+KEPT_IDLE_S = 60.0
+"""How long a served request stream waits for the requester's next request before closing."""
 _NET_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -101,6 +103,9 @@ class Libp2pTransport:
         )
         self._ping_paused = False
         self._ping_streams: dict[PeerId, INetStream] = {}
+        self._kept: dict[tuple[PeerId, str], INetStream] = {}
+        """Idle request streams kept for the next request on the same protocol to the peer."""
+        self._kept_locks: dict[tuple[PeerId, str], trio.Lock] = {}
         self._serving: set[trio.CancelScope] = set()
         self._inboxes: list[trio.MemorySendChannel[GossipMessage]] = []
         self._nursery: trio.Nursery | None = None
@@ -256,6 +261,9 @@ class Libp2pTransport:
         for peer in sorted(before - now):
             self._pings.forget(peer)
             self._ping_streams.pop(peer, None)
+            for key in [k for k in self._kept if k[0] == peer]:
+                del self._kept[key]
+                self._kept_locks.pop(key, None)
             self._emit(PeerEvent(PeerEventKind.DISCONNECTED, peer))
 
     async def _reannounce_topics(self, pid: ID) -> None:
@@ -358,7 +366,13 @@ class Libp2pTransport:
         self._host.set_stream_handler(TProtocol(protocol), self._stream_handler(protocol, handler))
 
     async def request(
-        self, peer: PeerId, protocol: str, data: bytes, *, timeout_ms: int | None = None
+        self,
+        peer: PeerId,
+        protocol: str,
+        data: bytes,
+        *,
+        timeout_ms: int | None = None,
+        keep_stream: bool = False,
     ) -> bytes:
         if len(data) > self._config.request_bytes_max:
             raise MessageTooLarge(len(data), self._config.request_bytes_max, "request")
@@ -366,10 +380,61 @@ class Libp2pTransport:
         timeout_s = (self._config.request_timeout_ms if timeout_ms is None else timeout_ms) / 1000
         try:
             await self._edge.before_request(peer, protocol)
+            if keep_stream:
+                return await self._kept_round_trip(peer, protocol, bytes(data), timeout_s)
             return await self._round_trip(peer, protocol, bytes(data), timeout_s)
         except RequestFailed:
             self._stats.requests_failed += 1
             raise
+
+    async def _kept_round_trip(
+        self, peer: PeerId, protocol: str, data: bytes, timeout_s: float
+    ) -> bytes:
+        """A request over the stream kept from the last one to this peer on this protocol.
+
+        A new stream costs a multistream negotiation on both sides, about a tenth of a
+        committee member's CPU at a few blocks a second when every consensus frame had its
+        own. Requests on one kept stream go one at a time (a lock per peer and protocol).
+        The server may have closed an idle stream meanwhile: a request that fails on a
+        reused stream is tried once more on a fresh one (the protocols that keep streams
+        take a repeated frame harmlessly); one that fails on a fresh stream, or times out,
+        fails as usual. A stream that failed is reset, never kept."""
+        try:
+            with trio.fail_after(timeout_s):
+                return await self._kept_try(peer, protocol, data)
+        except trio.TooSlowError:
+            raise RequestFailed(
+                peer, protocol, f"no response within {timeout_s * 1000:.0f} ms"
+            ) from None
+
+    async def _kept_try(self, peer: PeerId, protocol: str, data: bytes) -> bytes:
+        pid = _parse_peer(peer)
+        key = (peer, protocol)
+        async with self._kept_locks.setdefault(key, trio.Lock()):
+            for reused in (True, False):
+                if pid is None or pid not in self._host.get_connected_peers():
+                    raise RequestFailed(peer, protocol, "not connected")
+                stream = self._kept.pop(key, None) if reused else None
+                if reused and stream is None:
+                    continue
+                try:
+                    if stream is None:
+                        stream = await self._host.new_stream(pid, [TProtocol(protocol)])
+                    await write_frame(stream, data)
+                    response = await read_frame(stream, self._config.request_bytes_max)
+                except (*_NET_ERRORS, FrameError) as exc:
+                    if stream is not None:
+                        await _finish(stream, False)
+                    if reused:
+                        continue
+                    raise RequestFailed(peer, protocol, f"{type(exc).__name__}: {exc}") from exc
+                except BaseException:
+                    if stream is not None:  # cancelled or timed out mid-request
+                        await _finish(stream, False)
+                    raise
+                self._kept[key] = stream
+                return response
+        raise AssertionError("unreachable: the try on a fresh stream returns or raises")
 
     async def _round_trip(
         self, peer: PeerId, protocol: str, data: bytes, timeout_s: float
@@ -408,13 +473,19 @@ class Libp2pTransport:
             try:
                 with scope:
                     with trio.fail_after(self._config.request_timeout_ms / 1000):
-                        request = await read_frame(stream, limit)
-                    response = await handler(peer, request)
-                    if len(response) > limit:
-                        raise MessageTooLarge(len(response), limit, "response")
-                    await write_frame(stream, response)
+                        request: bytes | None = await read_frame(stream, limit)
+                    while request is not None:
+                        response = await handler(peer, request)
+                        if len(response) > limit:
+                            raise MessageTooLarge(len(response), limit, "response")
+                        await write_frame(stream, response)
+                        self._stats.requests_served += 1
+                        # The requester may keep the stream for its next request (see
+                        # `_kept_round_trip`); it ends at its close or after KEPT_IDLE_S.
+                        request = None
+                        with trio.move_on_after(KEPT_IDLE_S):
+                            request = await read_frame_or_end(stream, limit)
                     ok = True
-                    self._stats.requests_served += 1
             except (trio.TooSlowError, FrameError, *_NET_ERRORS) as exc:
                 logger.info("request %s from %s failed: %r", protocol, peer[-8:], exc)
             except Exception:

@@ -322,8 +322,16 @@ class MemoryTransport:
         self._handlers[protocol] = handler
 
     async def request(
-        self, peer: PeerId, protocol: str, data: bytes, *, timeout_ms: int | None = None
+        self,
+        peer: PeerId,
+        protocol: str,
+        data: bytes,
+        *,
+        timeout_ms: int | None = None,
+        keep_stream: bool = False,
     ) -> bytes:
+        """`Transport.request`; in memory there are no streams to keep, so `keep_stream` only
+        states the caller's intent."""
         if len(data) > self._config.request_bytes_max:
             raise MessageTooLarge(len(data), self._config.request_bytes_max, "request")
         self._stats.requests_sent += 1

@@ -312,9 +312,19 @@ class Transport(Protocol):
     def set_request_handler(self, protocol: str, handler: RequestHandler) -> None: ...
 
     async def request(
-        self, peer: PeerId, protocol: str, data: bytes, *, timeout_ms: int | None = None
+        self,
+        peer: PeerId,
+        protocol: str,
+        data: bytes,
+        *,
+        timeout_ms: int | None = None,
+        keep_stream: bool = False,
     ) -> bytes:
-        """Send one framed request over a direct stream; raise RequestFailed or MessageTooLarge."""
+        """Send one framed request over a direct stream; raise RequestFailed or MessageTooLarge.
+
+        `keep_stream`: reuse one stream per peer and protocol for request after request (one
+        at a time), for frequent small requests whose protocol takes a repeated request
+        harmlessly (a request that meets a stream the server closed is sent again)."""
         ...
 
     def peer_events(self) -> trio.MemoryReceiveChannel[PeerEvent]:

@@ -7,6 +7,7 @@ connect/subscribe, so gossip tests first publish probes until the path is known 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -343,6 +344,92 @@ async def test_request_timeout_is_honoured(open_cluster: OpenCluster) -> None:
         with trio.fail_after(DEADLINE_S):
             assert await c[0].request(c[1].peer_id, "/conformance/stuck/1", b"next") == b"next"
         release.set()
+
+
+async def test_kept_stream_requests_answer_in_order_and_survive_failures(
+    open_cluster: OpenCluster,
+) -> None:
+    """keep_stream: request after request (and concurrent ones, which take turns) each get
+    their own answer; a handler error or a timeout fails only that request, and the next
+    one goes through (on a fresh stream where the old one was reset)."""
+    release = trio.Event()
+
+    async def serve(peer: PeerId, data: bytes) -> bytes:
+        if data == b"crash":
+            raise RuntimeError("handler bug")
+        if data == b"hang":
+            await release.wait()
+        return b"re:" + data
+
+    async with open_cluster(2) as c:
+        c[1].set_request_handler("/conformance/kept/1", serve)
+        peer = c[1].peer_id
+        answers: dict[int, bytes] = {}
+
+        async def ask(i: int) -> None:
+            data = f"{i}".encode()
+            answers[i] = await c[0].request(peer, "/conformance/kept/1", data, keep_stream=True)
+
+        with trio.fail_after(DEADLINE_S):
+            for i in range(5):
+                await ask(i)
+            async with trio.open_nursery() as nursery:
+                for i in range(5, 25):
+                    nursery.start_soon(ask, i)
+            assert answers == {i: f"re:{i}".encode() for i in range(25)}
+            with pytest.raises(RequestFailed):
+                await c[0].request(peer, "/conformance/kept/1", b"crash", keep_stream=True)
+            kept = functools.partial(c[0].request, peer, "/conformance/kept/1", keep_stream=True)
+            assert await kept(b"a") == b"re:a"
+            with pytest.raises(RequestFailed):
+                await c[0].request(
+                    peer, "/conformance/kept/1", b"hang", timeout_ms=300, keep_stream=True
+                )
+            assert await kept(b"b") == b"re:b"
+        release.set()
+        assert c[1].stats.requests_served == 27
+        assert c[0].stats.requests_failed == 2
+
+
+async def test_libp2p_keeps_one_stream_and_replaces_one_the_server_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kept requests reuse one stream (one served stream for many requests); when the server
+    has closed it for idleness, the next request goes out on a fresh stream, unnoticed."""
+    from libp2p.abc import INetStream
+    from libp2p.custom_types import TProtocol
+
+    import p2p.libp2p_transport as lt
+
+    monkeypatch.setattr(lt, "KEPT_IDLE_S", 0.3)
+    ids = [Identity.derive("conformance", "kept", i) for i in range(2)]
+    streams = {"served": 0}
+    async with (
+        Libp2pTransport.open(ids[0]) as client,
+        Libp2pTransport.open(ids[1]) as server,
+    ):
+        plain = server._stream_handler("/conformance/kept/1", echo_reversed)
+
+        async def counting(stream: INetStream) -> None:
+            streams["served"] += 1
+            await plain(stream)
+
+        server._host.set_stream_handler(TProtocol("/conformance/kept/1"), counting)
+        await client.connect(server.listen_addrs[0])
+        with trio.fail_after(DEADLINE_S):
+            for i in range(10):
+                data = bytes([i, 1, 2])
+                got = await client.request(
+                    server.peer_id, "/conformance/kept/1", data, keep_stream=True
+                )
+                assert got == data[::-1]
+            assert streams["served"] == 1
+            await trio.sleep(0.8)  # the server closes the idle stream
+            got = await client.request(
+                server.peer_id, "/conformance/kept/1", b"xyz", keep_stream=True
+            )
+            assert got == b"zyx" and streams["served"] == 2
+        assert client.stats.requests_failed == 0 and server.stats.requests_served == 11
 
 
 # -- peers ------------------------------------------------------------------------------------
