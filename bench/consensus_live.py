@@ -21,7 +21,13 @@ asserted: n=4 >= 2,000 tx/s with p99 <= 0.5 s; n=16 >= 500 tx/s with p99 <= 2 s.
 
     python bench/consensus_live.py                     # n=4 at 200, 500 tx/s; n=16 at 100, 200
     python bench/consensus_live.py --sizes 4 --rates 1000,2000 --duration 30
+    python bench/consensus_live.py --sizes 4 --rates 2000 --batch 20   # POST /txs, 20 a time
     python bench/consensus_live.py --quick --json      # n=4, 50 tx/s, ~5 s (make test)
+
+By default every transaction is its own POST /tx (a connection each, as a naive client
+does). With --batch N the load generator posts up to N of a node's transactions at once to
+/txs, as a relayer or a wallet with many payments would; a transaction's latency still
+counts from when it was signed, so the wait for its batch (at most 20 ms) is in the figures.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import numpy as np
 import trio
 
 from consensus.ledger.tx import Transfer
+from p2p.codec import pack
 from p2p.identity import Identity
 from p2p.keyfile import load_key_file
 from p2p.wire import sign
@@ -59,6 +66,8 @@ CHAIN_ID = "gpumesh-bench-live"
 EMPTY_BLOCK_MS = 200
 USERS_MIN = 64
 IN_FLIGHT_MAX = 64
+BATCH_WINDOW_S = 0.02
+"""With --batch, the longest a transaction waits for its batch to fill."""
 """HTTP requests in flight at once; when all are busy the schedule waits (the offered rate
 then falls short of the target, which the figures show)."""
 START_TIMEOUT_S = 180.0
@@ -192,41 +201,76 @@ class Phase:
         return start, start + self.duration_s
 
 
+def record_verdict(
+    phase: Phase, users: Users, user: int, nonce: int, tx_id: str, started: float,
+    code: int, doc: dict[str, Any],
+) -> None:  # fmt: skip
+    """What the node said of one transaction: accepted (its submission time is kept), or
+    refused (counted by code; the nonce is reissued unless it was used after all)."""
+    if code == 200 and doc.get("accepted"):
+        phase.sent[tx_id] = started
+        return
+    reason = str(doc.get("code") or f"http_{code}")
+    phase.refused[reason] += 1
+    used = reason == "bad_nonce" and "was used" in str(doc.get("reason", ""))
+    if reason != "already_pending" and not used:
+        users.reissue(user, nonce)
+
+
 async def offer_load(
-    phase: Phase, users: Users, ports: list[int], rng: random.Random, in_flight: int
-) -> None:
-    """Submit at `phase.rate` from t0 until the window ends; each request to a random node."""
+    phase: Phase, users: Users, ports: list[int], rng: random.Random, in_flight: int,
+    batch: int = 1,
+) -> None:  # fmt: skip
+    """Submit at `phase.rate` from t0 until the window ends, each transaction to a random
+    node: one POST /tx per transaction, or (`batch` > 1) POST /txs of up to `batch` of a
+    node's transactions, sent when full or BATCH_WINDOW_S after its first (a transaction's
+    latency counts from when it was made, so the wait in a batch is in the figures)."""
     total = int(phase.rate * (phase.warmup_s + phase.duration_s))
     slots = trio.Semaphore(in_flight)
+    Item = tuple[int, int, bytes, float]  # user, nonce, signed bytes, made at
 
-    async def submit(user: int, nonce: int, data: bytes, port: int) -> None:
+    async def submit(items: list[Item], port: int) -> None:
         try:
-            started = trio.current_time()
-            tx_id = hashlib.sha256(data).hexdigest()  # as the node names it
-            phase.submitted.append(started)
             try:
-                code, doc = await http(port, "POST", "/tx", data)
+                if batch == 1:
+                    code, doc = await http(port, "POST", "/tx", items[0][2])
+                    docs = [doc]
+                else:
+                    code, doc = await http(port, "POST", "/txs", pack([i[2] for i in items]))
+                    docs = doc.get("verdicts") or [doc] * len(items)
             except (OSError, trio.TooSlowError, ValueError, IndexError) as exc:
-                phase.refused[f"http_error:{type(exc).__name__}"] += 1
-                users.reissue(user, nonce)  # fate unknown: a duplicate is refused harmlessly
+                phase.refused[f"http_error:{type(exc).__name__}"] += len(items)
+                for user, nonce, _, _ in items:
+                    users.reissue(user, nonce)  # fate unknown: a duplicate is refused harmlessly
                 return
-            if code == 200 and doc.get("accepted"):
-                phase.sent[tx_id] = started
-                return
-            reason = str(doc.get("code") or f"http_{code}")
-            phase.refused[reason] += 1
-            used = reason == "bad_nonce" and "was used" in str(doc.get("reason", ""))
-            if reason != "already_pending" and not used:
-                users.reissue(user, nonce)
+            for (user, nonce, data, started), verdict in zip(items, docs, strict=True):
+                tx_id = hashlib.sha256(data).hexdigest()  # as the node names it
+                record_verdict(phase, users, user, nonce, tx_id, started, code, verdict)
         finally:
             slots.release()
+
+    pending: dict[int, list[Item]] = {port: [] for port in ports}
+
+    async def flush(port: int, nursery: trio.Nursery) -> None:
+        items, pending[port] = pending[port], []
+        await slots.acquire()
+        nursery.start_soon(submit, items, port)
 
     async with trio.open_nursery() as nursery:
         for i in range(total):
             await trio.sleep_until(phase.t0 + i / phase.rate)
-            await slots.acquire()
+            now = trio.current_time()
             user, nonce, data = users.next_tx()
-            nursery.start_soon(submit, user, nonce, data, rng.choice(ports))
+            port = rng.choice(ports)
+            phase.submitted.append(now)
+            pending[port].append((user, nonce, data, now))
+            for p in ports:
+                queue = pending[p]
+                if queue and (len(queue) >= batch or now - queue[0][3] >= BATCH_WINDOW_S):
+                    await flush(p, nursery)
+        for p in ports:
+            if pending[p]:
+                await flush(p, nursery)
     phase.load_done = True
 
 
@@ -310,8 +354,9 @@ async def wait_height(ports: list[int], height: int, timeout_s: float) -> list[i
 
 
 async def drive(
-    swarm: Swarm, n: int, rates: list[float], duration_s: float, warmup_s: float, seed: int
-) -> dict[str, Any]:
+    swarm: Swarm, n: int, rates: list[float], duration_s: float, warmup_s: float, seed: int,
+    batch: int = 1,
+) -> dict[str, Any]:  # fmt: skip
     """Wait for height 2 everywhere, then offer each rate in turn; a size whose chain never
     gets going within READY_TIMEOUT_S is reported (with what the nodes were doing), not run."""
     ports = [node.status_port for node in swarm.nodes]
@@ -339,7 +384,7 @@ async def drive(
         log(f"  n={n}: offering {rate:g} tx/s for {warmup_s:g} s warm-up + {duration_s:g} s")
         phase = Phase(rate, trio.current_time() + 0.2, warmup_s, duration_s)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(offer_load, phase, users, ports, rng, IN_FLIGHT_MAX)
+            nursery.start_soon(offer_load, phase, users, ports, rng, IN_FLIGHT_MAX, batch)
             nursery.start_soon(sample_cpu, phase, [node.pid for node in swarm.nodes])
             height = await follow_chain(phase, ports[0], height, DRAIN_S)
         out.append(figures(n, phase))
@@ -425,8 +470,9 @@ def figures(n: int, phase: Phase) -> dict[str, Any]:
 
 
 def run_size(
-    n: int, rates: list[float], duration_s: float, warmup_s: float, root: Path, seed: int
-) -> dict[str, Any]:
+    n: int, rates: list[float], duration_s: float, warmup_s: float, root: Path, seed: int,
+    batch: int = 1,
+) -> dict[str, Any]:  # fmt: skip
     users = max(USERS_MIN, int(max(rates)) // 4)
     started = time.monotonic()
     swarm = Swarm.create(
@@ -443,7 +489,7 @@ def run_size(
         swarm.start(timeout_s=START_TIMEOUT_S)
         start_s = time.monotonic() - started
         log(f"n={n}: {n} node processes up in {start_s:.1f} s; waiting for height 2 on each")
-        driven = trio.run(drive, swarm, n, rates, duration_s, warmup_s, seed)
+        driven = trio.run(drive, swarm, n, rates, duration_s, warmup_s, seed, batch)
     finally:
         swarm.stop()
     left = swarm.running()
@@ -470,9 +516,18 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="transactions per request: 1 posts each to /tx (the default), N > 1 posts up "
+        "to N of a node's transactions at once to /txs (as a relayer or wallet would)",
+    )
     parser.add_argument("--quick", action="store_true", help="n=4 at 50 tx/s for ~5 s")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args()
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
     sizes = [4] if args.quick else [int(x) for x in args.sizes.split(",")]
     duration = 4.0 if args.quick else args.duration
     warmup = 1.0 if args.quick else args.warmup
@@ -492,7 +547,7 @@ def main() -> int:
                 rates = [float(x) for x in args.rates.split(",")]
             else:
                 rates = [float(x) for x in DEFAULT_RATES.get(n, (100, 200))]
-            size = run_size(n, rates, duration, warmup, Path(tmp), args.seed)
+            size = run_size(n, rates, duration, warmup, Path(tmp), args.seed, args.batch)
             sizes_out.append(size)
             for r in size["runs"]:
                 print(
@@ -538,6 +593,7 @@ def main() -> int:
             "warmup_s": warmup,
             "empty_block_ms": EMPTY_BLOCK_MS,
             "in_flight_max": IN_FLIGHT_MAX,
+            "batch": args.batch,
             "targets": {str(k): {"tx_per_s": v[0], "p99_ms": v[1]} for k, v in TARGETS.items()},
             "sizes": sizes_out,
             "wall_s": wall,

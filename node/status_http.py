@@ -38,6 +38,8 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from node.config import ConfigError
+from p2p.codec import unpack
+from p2p.errors import DecodeError
 from p2p.transport import PolicyError, TrafficPolicy
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
@@ -48,12 +50,16 @@ ADMIN_BODY_BYTES_MAX = 256 * 1024
 """A policy naming the most peers it may (1,024 per set) fits well inside this."""
 TX_BODY_BYTES_MAX = 1024 * 1024
 """The largest transaction any chain's parameters allow."""
+TXS_BATCH_MAX = 1_000
+"""Transactions in one POST /txs."""
+TXS_BODY_BYTES_MAX = 4 * 1024 * 1024
+"""The largest POST /txs body."""
 LEDGER_LIMIT_MAX = 10_000
 TOKEN_CHARS = (32, 1024)
 WAIT_MS_MAX = 120_000
 log = logging.getLogger("gpumesh.status")
 _ROUTES = (
-    b"routes: /status /metrics /healthz /account/<hex> /ledger /block/<h> /tx /jobs "
+    b"routes: /status /metrics /healthz /account/<hex> /ledger /block/<h> /tx /txs /jobs "
     b"/job/<hex> /result/<hex> /offers\n"
 )
 _REASONS = {
@@ -214,7 +220,7 @@ async def _handle(app: StatusApp, stream: trio.SocketStream) -> None:
         method, url = request.method, urlsplit(request.target)
         if url.path == "/admin" or url.path.startswith("/admin/"):
             await _admin(app.admin, stream, request, url.path)
-        elif url.path in ("/tx", "/ledger") or url.path.startswith(
+        elif url.path in ("/tx", "/txs", "/ledger") or url.path.startswith(
             ("/account/", "/block/", "/tx/")
         ):
             await _chain(app.chain, stream, request, url.path, parse_qs(url.query))
@@ -290,6 +296,13 @@ async def _chain(
             v = await api.submit_tx(body)
             doc = {"accepted": v.accepted, "code": v.code, "reason": v.reason}
             await respond_json(stream, 200, doc)
+    elif path == "/txs":
+        if request.method != "POST":
+            await respond(stream, 405, b"/txs takes POST\n", "text/plain")
+            return
+        body = await read_body(stream, request, TXS_BODY_BYTES_MAX)
+        if body is not None:
+            await _submit_batch(api, stream, body)
     elif request.method != "GET":
         await respond(stream, 405, b"only GET\n", "text/plain")
     elif path.startswith("/tx/"):
@@ -337,6 +350,35 @@ def hex32(text: str) -> bytes | None:
     except ValueError:
         return None
     return raw if len(raw) == 32 else None
+
+
+async def _submit_batch(api: ChainApi, stream: trio.SocketStream, body: bytes) -> None:
+    """POST /txs: a canonical msgpack array of signed transactions, each as /tx takes it,
+    all handed to the engine at once; the verdicts come back in the same order. One request
+    for many transactions spares a relayer or a wallet a connection per transaction (on a
+    loaded node that cost was a large part of taking a transaction in)."""
+    try:
+        txs = unpack(body, max_bytes=TXS_BODY_BYTES_MAX, max_depth=1)
+    except DecodeError as exc:
+        await respond_json(stream, 400, {"error": f"expected a msgpack array of txs: {exc}"})
+        return
+    if not isinstance(txs, list) or not all(isinstance(tx, bytes) for tx in txs):
+        await respond_json(stream, 400, {"error": "expected a msgpack array of byte strings"})
+        return
+    if len(txs) > TXS_BATCH_MAX:
+        problem = f"{len(txs)} transactions in one batch; at most {TXS_BATCH_MAX}"
+        await respond_json(stream, 413, {"error": problem})
+        return
+    verdicts: list[dict[str, object]] = [{} for _ in txs]
+
+    async def one(i: int, tx: bytes) -> None:
+        v = await api.submit_tx(tx)
+        verdicts[i] = {"accepted": v.accepted, "code": v.code, "reason": v.reason}
+
+    async with trio.open_nursery() as nursery:
+        for i, tx in enumerate(txs):
+            nursery.start_soon(one, i, tx)
+    await respond_json(stream, 200, {"verdicts": verdicts})
 
 
 async def read_body(stream: trio.SocketStream, request: Request, limit: int) -> bytes | None:

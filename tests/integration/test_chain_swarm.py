@@ -26,6 +26,7 @@ import pytest
 
 from consensus.ledger.tx import Transfer
 from node.store import NodeStore
+from p2p.codec import pack
 from p2p.keyfile import load_key_file
 from p2p.wire import sign
 from sim_harness.swarm import Swarm, SwarmNode, wait_exit
@@ -141,6 +142,37 @@ def test_members_commit_the_same_blocks_and_a_cli_transfer_lands_everywhere(swar
     unknown = gpumesh("ledger", "show", "ab" * 32, "--node", "node-0", "--swarm", str(swarm.root))
     assert unknown.returncode == 2 and "unknown account" in unknown.stderr
     assert http(swarm.nodes[0], "/account/xyz")["http_error"] == 400
+
+
+def test_a_batch_of_transfers_posted_to_txs_gets_verdicts_in_order_and_lands(
+    swarm: Swarm,
+) -> None:
+    sender = load_key_file(user_key_path(swarm.root, 0))
+    receiver = load_key_file(user_key_path(swarm.root, 1)).public_key
+    node = swarm.nodes[2]
+    nonce = account(node, sender.public_key)["nonce"]
+    before = account(node, receiver)["balance"]
+    txs = [sign(Transfer(nonce + i, 1_000, receiver, 10 + i), sender, CHAIN_ID.encode()).encode()
+           for i in range(20)]  # fmt: skip
+    doc = http(node, "/txs", pack(txs))
+    verdicts = doc["verdicts"]
+    assert [v["accepted"] for v in verdicts] == [True] * 20, verdicts
+    again = http(node, "/txs", pack(txs[:1]))["verdicts"]  # the same bytes again
+    assert again[0]["accepted"] is False and again[0]["code"] in ("already_pending", "bad_nonce")
+    height = chain(node)["height"]
+    for other in swarm.nodes:
+        chain(other, at_least=height + 2)
+    deadline = time.monotonic() + WAIT_S
+    while account(node, sender.public_key)["nonce"] < nonce + 20:
+        assert time.monotonic() < deadline, "the batch did not commit"
+        chain(node, at_least=chain(node)["height"] + 1)
+    for other in swarm.nodes:
+        chain(other, at_least=chain(node)["height"])
+        assert account(other, receiver)["balance"] == before + sum(10 + i for i in range(20))
+
+    assert http(node, "/txs", b"\xc1 not msgpack")["http_error"] == 400
+    assert http(node, "/txs", pack([1, 2]))["http_error"] == 400
+    assert http(node, "/txs", pack([b"x"] * 1_001))["http_error"] == 413
 
 
 class TxFlow:
