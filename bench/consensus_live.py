@@ -64,6 +64,10 @@ TARGETS = {4: (2_000, 500), 16: (500, 2_000)}
 DEFAULT_RATES = {4: (200, 500), 16: (100, 200)}
 CHAIN_ID = "gpumesh-bench-live"
 EMPTY_BLOCK_MS = 200
+ANNOUNCE_INTERVAL_MS = 10_000
+"""Capacity gossip every 10 s, as in bench/sim_speed.py (the swarm's default of 1 s, meant
+for quick tests, is 16 gossip messages a second at n=16, each delivered to every node
+several times over: on 2 cores that alone kept 16 idle nodes busy)."""
 USERS_MIN = 64
 IN_FLIGHT_MAX = 64
 BATCH_WINDOW_S = 0.02
@@ -484,6 +488,8 @@ def run_size(
         users=users,
         epoch_blocks=100_000,
         empty_block_ms=EMPTY_BLOCK_MS,
+        announce_interval_ms=ANNOUNCE_INTERVAL_MS,
+        announcement_ttl_ms=3 * ANNOUNCE_INTERVAL_MS,
     )
     try:
         swarm.start(timeout_s=START_TIMEOUT_S)

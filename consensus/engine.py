@@ -76,6 +76,8 @@ REPORT_AGAIN_BLOCKS = 20
 """An offender reported at height h is reported again (if still unjailed) from h + this."""
 SLOT_HEIGHTS_KEPT = 16
 """Heights back for which first statements are kept to catch equivocation in late relays."""
+VERIFIED_MAX = 8_192
+"""Verified statements remembered by their bytes (a few MiB at most)."""
 
 __all__ = [
     "ClientTx",
@@ -137,6 +139,11 @@ class ConsensusEngine(App):
         self._future_bytes = 0
         self._seen: set[bytes] = set()
         """Statements of this height already handled: a relayed copy is skipped unverified."""
+        self._verified: dict[bytes, Signed[Any]] = {}
+        """Statements whose signature was checked, by their exact bytes: members re-send their
+        votes on a timer and relay each other's, so at n = 16 a node met each vote many times
+        over and spent most of its consensus CPU verifying copies it had verified already.
+        Bounded by VERIFIED_MAX (cleared when full)."""
         self._relay: list[bytes] = []
         self._next_relay_ms = now_ms + config.bft.rebroadcast_ms
         self._forward: list[bytes] = []
@@ -233,7 +240,12 @@ class ConsensusEngine(App):
     def _on_statement(
         self, now_ms: int, sender: bytes, env: bytes, block: bytes | None, *, relayed: bool = False
     ) -> None:
-        signed = self._decode_statement(env)
+        signed = self._verified.get(env)
+        if signed is None:
+            signed = self._decode_statement(env)
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[env] = signed
         rec = signed.record
         h = self.chain.height + 1
         self._check_slot(signed, env)
