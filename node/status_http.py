@@ -287,22 +287,18 @@ async def _chain(
 ) -> None:
     if api is None:
         await respond_json(stream, 404, {"error": "this node runs no chain (no [chain] genesis)"})
-    elif path == "/tx":
+    elif path in ("/tx", "/txs"):
         if request.method != "POST":
-            await respond(stream, 405, b"/tx takes POST\n", "text/plain")
+            await respond(stream, 405, f"{path} takes POST\n".encode(), "text/plain")
             return
-        body = await read_body(stream, request, TX_BODY_BYTES_MAX)
-        if body is not None:
-            v = await api.submit_tx(body)
-            doc = {"accepted": v.accepted, "code": v.code, "reason": v.reason}
-            await respond_json(stream, 200, doc)
-    elif path == "/txs":
-        if request.method != "POST":
-            await respond(stream, 405, b"/txs takes POST\n", "text/plain")
+        limit = TX_BODY_BYTES_MAX if path == "/tx" else TXS_BODY_BYTES_MAX
+        body = await read_body(stream, request, limit)
+        if body is None:
             return
-        body = await read_body(stream, request, TXS_BODY_BYTES_MAX)
-        if body is not None:
+        if path == "/txs":
             await _submit_batch(api, stream, body)
+        else:
+            await respond_json(stream, 200, _verdict_doc(await api.submit_tx(body)))
     elif request.method != "GET":
         await respond(stream, 405, b"only GET\n", "text/plain")
     elif path.startswith("/tx/"):
@@ -352,6 +348,10 @@ def hex32(text: str) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
+def _verdict_doc(v: TxVerdictLike) -> dict[str, object]:
+    return {"accepted": v.accepted, "code": v.code, "reason": v.reason}
+
+
 async def _submit_batch(api: ChainApi, stream: trio.SocketStream, body: bytes) -> None:
     """POST /txs: a canonical msgpack array of signed transactions, each as /tx takes it,
     all handed to the engine at once; the verdicts come back in the same order. One request
@@ -372,8 +372,7 @@ async def _submit_batch(api: ChainApi, stream: trio.SocketStream, body: bytes) -
     verdicts: list[dict[str, object]] = [{} for _ in txs]
 
     async def one(i: int, tx: bytes) -> None:
-        v = await api.submit_tx(tx)
-        verdicts[i] = {"accepted": v.accepted, "code": v.code, "reason": v.reason}
+        verdicts[i] = _verdict_doc(await api.submit_tx(tx))
 
     async with trio.open_nursery() as nursery:
         for i, tx in enumerate(txs):

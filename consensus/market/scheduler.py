@@ -298,9 +298,14 @@ def unfit_reason(
             operators.add(node.operator)
         elif reason > closest:
             closest = reason
-    if not operators:
+    return _unfit_verdict(closest, len(operators), job.redundancy)
+
+
+def _unfit_verdict(closest: Reason, operators: int, redundancy: int) -> Reason | None:
+    """No operator fits: the closest node's reason; too few: NOT_ENOUGH_OPERATORS."""
+    if operators == 0:
         return closest
-    if len(operators) < job.redundancy:
+    if operators < redundancy:
         return Reason.NOT_ENOUGH_OPERATORS
     return None
 
@@ -403,11 +408,7 @@ class _Prepared:
                     continue
             if reason > closest:
                 closest = reason
-        if not operators:
-            return closest
-        if len(operators) < job.redundancy:
-            return Reason.NOT_ENOUGH_OPERATORS
-        return None
+        return _unfit_verdict(closest, len(operators), job.redundancy)
 
     def has_model(self, model: str | None) -> list[bool]:
         found = self._has_model.get(model)
@@ -651,19 +652,9 @@ def _place_greedy(state: _Placement, j: int, job: JobRequest, cands: list[tuple[
 def _place_tight(state: _Placement, j: int, job: JobRequest, cands: list[tuple[int, int]]) -> bool:
     """Like `_place_greedy`, but best fit: the nodes its replicas leave the least room on
     (cost breaks ties), which packs tight capacity without scattering it."""
-    need, k = job.gpus_needed, job.redundancy
-    left, operator = state.left, state.prep.operator
-    picked: list[tuple[int, int]] = []
-    used: set[bytes] = set()
-    for _, c, i in sorted((left[i] - need, c, i) for c, i in cands if left[i] >= need):
-        if operator[i] not in used:
-            picked.append((i, c))
-            used.add(operator[i])
-            if len(picked) == k:
-                for i2, c2 in picked:
-                    state.put(j, need, i2, c2)
-                return True
-    return False
+    need, left = job.gpus_needed, state.left
+    by_room = sorted((left[i] - need, c, i) for c, i in cands if left[i] >= need)
+    return _place_greedy(state, j, job, [(c, i) for _, c, i in by_room])
 
 
 CHAIN_DEPTH = 3
