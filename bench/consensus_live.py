@@ -21,13 +21,16 @@ asserted: n=4 >= 2,000 tx/s with p99 <= 0.5 s; n=16 >= 500 tx/s with p99 <= 2 s.
 
     python bench/consensus_live.py                     # n=4 at 200, 500 tx/s; n=16 at 100, 200
     python bench/consensus_live.py --sizes 4 --rates 1000,2000 --duration 30
+    python bench/consensus_live.py --sizes 4 --rates 2000 --keep-alive  # one tx per POST, kept
     python bench/consensus_live.py --sizes 4 --rates 2000 --batch 20   # POST /txs, 20 a time
     python bench/consensus_live.py --quick --json      # n=4, 50 tx/s, ~5 s (make test)
 
-By default every transaction is its own POST /tx (a connection each, as a naive client
-does). With --batch N the load generator posts up to N of a node's transactions at once to
-/txs, as a relayer or a wallet with many payments would; a transaction's latency still
-counts from when it was signed, so the wait for its batch (at most 20 ms) is in the figures.
+By default every transaction is its own POST /tx on a new connection, as a naive client
+does. --keep-alive posts over kept HTTP/1.1 connections (a client session; the node keeps a
+connection open for the next transaction when asked). With --batch N the load generator
+posts up to N of a node's transactions at once to /txs, as a relayer or a wallet with many
+payments would; a transaction's latency still counts from when it was signed, so the wait
+for its batch (at most 20 ms) is in the figures.
 """
 
 from __future__ import annotations
@@ -115,6 +118,79 @@ async def http(port: int, method: str, path: str, body: bytes = b"") -> tuple[in
         return code, json.loads(payload)
     except ValueError:
         return code, {"error": payload.decode("utf-8", "replace").strip()}
+
+
+class StaleConnection(ConnectionError):
+    """A kept connection the node had closed: nothing came back, so nothing was taken in."""
+
+
+class KeptHttp:
+    """POSTs over kept connections (HTTP/1.1 keep-alive), a few per node, reused one request
+    at a time: what a wallet or relayer with a session does. A connection that fails or
+    that the node answers with `Connection: close` is dropped, not reused."""
+
+    def __init__(self) -> None:
+        self.idle: dict[int, list[trio.SocketStream]] = {}
+
+    async def post(self, port: int, path: str, body: bytes) -> tuple[int, Any]:
+        pool = self.idle.setdefault(port, [])
+        if pool:
+            try:
+                return await self._post_on(pool.pop(), port, path, body)
+            except StaleConnection:
+                pass  # the node closed it while idle (after 15 s): go again on a fresh one
+        return await self._post_on(await trio.open_tcp_stream(LOOPBACK, port), port, path, body)
+
+    async def _post_on(
+        self, stream: trio.SocketStream, port: int, path: str, body: bytes
+    ) -> tuple[int, Any]:
+        pool = self.idle.setdefault(port, [])
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Length: {len(body)}"
+            "\r\nContent-Type: application/octet-stream\r\nConnection: keep-alive\r\n\r\n"
+        ).encode()
+        try:
+            with trio.fail_after(HTTP_TIMEOUT_S):
+                try:
+                    await stream.send_all(head + body)
+                except trio.BrokenResourceError:
+                    raise StaleConnection(f"port {port} closed the connection") from None
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        if not data:
+                            raise StaleConnection(f"port {port} closed the connection")
+                        raise ConnectionError(f"port {port} closed inside a response head")
+                    data += chunk
+                raw_head, _, payload = data.partition(b"\r\n\r\n")
+                lines = raw_head.decode("latin-1").split("\r\n")
+                fields = {k.strip().lower(): v.strip() for k, _, v in
+                          (line.partition(":") for line in lines[1:])}  # fmt: skip
+                length = int(fields.get("content-length", "0"))
+                while len(payload) < length:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        raise ConnectionError(f"port {port} closed inside a response")
+                    payload += chunk
+        except BaseException:
+            await stream.aclose()
+            raise
+        if fields.get("connection", "").lower() == "keep-alive" and len(payload) == length:
+            pool.append(stream)
+        else:
+            await stream.aclose()
+        code = int(lines[0].split(" ", 2)[1])
+        try:
+            return code, json.loads(payload)
+        except ValueError:
+            return code, {"error": payload.decode("utf-8", "replace").strip()}
+
+    async def close(self) -> None:
+        for pool in self.idle.values():
+            for stream in pool:
+                await stream.aclose()
+        self.idle.clear()
 
 
 # -- /proc figures ---------------------------------------------------------------------------
@@ -223,7 +299,7 @@ def record_verdict(
 
 async def offer_load(
     phase: Phase, users: Users, ports: list[int], rng: random.Random, in_flight: int,
-    batch: int = 1,
+    batch: int = 1, keep_alive: bool = False,
 ) -> None:  # fmt: skip
     """Submit at `phase.rate` from t0 until the window ends, each transaction to a random
     node: one POST /tx per transaction, or (`batch` > 1) POST /txs of up to `batch` of a
@@ -232,15 +308,21 @@ async def offer_load(
     total = int(phase.rate * (phase.warmup_s + phase.duration_s))
     slots = trio.Semaphore(in_flight)
     Item = tuple[int, int, bytes, float]  # user, nonce, signed bytes, made at
+    kept = KeptHttp() if keep_alive else None
+
+    async def post(port: int, path: str, body: bytes) -> tuple[int, Any]:
+        if kept is not None:
+            return await kept.post(port, path, body)
+        return await http(port, "POST", path, body)
 
     async def submit(items: list[Item], port: int) -> None:
         try:
             try:
                 if batch == 1:
-                    code, doc = await http(port, "POST", "/tx", items[0][2])
+                    code, doc = await post(port, "/tx", items[0][2])
                     docs = [doc]
                 else:
-                    code, doc = await http(port, "POST", "/txs", pack([i[2] for i in items]))
+                    code, doc = await post(port, "/txs", pack([i[2] for i in items]))
                     docs = doc.get("verdicts") or [doc] * len(items)
             except (OSError, trio.TooSlowError, ValueError, IndexError) as exc:
                 phase.refused[f"http_error:{type(exc).__name__}"] += len(items)
@@ -275,6 +357,8 @@ async def offer_load(
         for p in ports:
             if pending[p]:
                 await flush(p, nursery)
+    if kept is not None:
+        await kept.close()
     phase.load_done = True
 
 
@@ -359,7 +443,7 @@ async def wait_height(ports: list[int], height: int, timeout_s: float) -> list[i
 
 async def drive(
     swarm: Swarm, n: int, rates: list[float], duration_s: float, warmup_s: float, seed: int,
-    batch: int = 1,
+    batch: int = 1, keep_alive: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Wait for height 2 everywhere, then offer each rate in turn; a size whose chain never
     gets going within READY_TIMEOUT_S is reported (with what the nodes were doing), not run."""
@@ -388,7 +472,9 @@ async def drive(
         log(f"  n={n}: offering {rate:g} tx/s for {warmup_s:g} s warm-up + {duration_s:g} s")
         phase = Phase(rate, trio.current_time() + 0.2, warmup_s, duration_s)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(offer_load, phase, users, ports, rng, IN_FLIGHT_MAX, batch)
+            nursery.start_soon(
+                offer_load, phase, users, ports, rng, IN_FLIGHT_MAX, batch, keep_alive
+            )
             nursery.start_soon(sample_cpu, phase, [node.pid for node in swarm.nodes])
             height = await follow_chain(phase, ports[0], height, DRAIN_S)
         out.append(figures(n, phase))
@@ -475,7 +561,7 @@ def figures(n: int, phase: Phase) -> dict[str, Any]:
 
 def run_size(
     n: int, rates: list[float], duration_s: float, warmup_s: float, root: Path, seed: int,
-    batch: int = 1,
+    batch: int = 1, keep_alive: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     users = max(USERS_MIN, int(max(rates)) // 4)
     started = time.monotonic()
@@ -495,7 +581,7 @@ def run_size(
         swarm.start(timeout_s=START_TIMEOUT_S)
         start_s = time.monotonic() - started
         log(f"n={n}: {n} node processes up in {start_s:.1f} s; waiting for height 2 on each")
-        driven = trio.run(drive, swarm, n, rates, duration_s, warmup_s, seed, batch)
+        driven = trio.run(drive, swarm, n, rates, duration_s, warmup_s, seed, batch, keep_alive)
     finally:
         swarm.stop()
     left = swarm.running()
@@ -529,6 +615,11 @@ def main() -> int:
         help="transactions per request: 1 posts each to /tx (the default), N > 1 posts up "
         "to N of a node's transactions at once to /txs (as a relayer or wallet would)",
     )
+    parser.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="post over kept HTTP connections (a session), not a new connection per request",
+    )
     parser.add_argument("--quick", action="store_true", help="n=4 at 50 tx/s for ~5 s")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args()
@@ -553,7 +644,9 @@ def main() -> int:
                 rates = [float(x) for x in args.rates.split(",")]
             else:
                 rates = [float(x) for x in DEFAULT_RATES.get(n, (100, 200))]
-            size = run_size(n, rates, duration, warmup, Path(tmp), args.seed, args.batch)
+            size = run_size(
+                n, rates, duration, warmup, Path(tmp), args.seed, args.batch, args.keep_alive
+            )
             sizes_out.append(size)
             for r in size["runs"]:
                 print(
@@ -600,6 +693,7 @@ def main() -> int:
             "empty_block_ms": EMPTY_BLOCK_MS,
             "in_flight_max": IN_FLIGHT_MAX,
             "batch": args.batch,
+            "keep_alive": args.keep_alive,
             "targets": {str(k): {"tx_per_s": v[0], "p99_ms": v[1]} for k, v in TARGETS.items()},
             "sizes": sizes_out,
             "wall_s": wall,

@@ -320,6 +320,28 @@ class ChainService:
             return TxVerdict(ticket, False, "timeout", f"no verdict within {TX_WAIT_S:.0f} s")
         return waiter.verdict
 
+    async def submit_txs(self, batch: list[bytes]) -> list[TxVerdict]:
+        """Hand a client's transactions to the engine in their order (one sender's nonces
+        must arrive in sequence) and wait for all the verdicts; those not given within
+        TX_WAIT_S are timeouts."""
+        tickets = [next(self._tickets) for _ in batch]
+        waiters = [_Waiter() for _ in batch]
+        self._waiting.update(zip(tickets, waiters, strict=True))
+        try:
+            with trio.move_on_after(TX_WAIT_S):
+                for data, ticket in zip(batch, tickets, strict=True):
+                    await self._inbox_send.send(ClientTx(data, ticket))
+                for waiter in waiters:
+                    await waiter.done.wait()
+        finally:
+            for ticket in tickets:
+                del self._waiting[ticket]
+        late = f"no verdict within {TX_WAIT_S:.0f} s"
+        return [
+            w.verdict if w.verdict is not None else TxVerdict(t, False, "timeout", late)
+            for t, w in zip(tickets, waiters, strict=True)
+        ]
+
     # -- keeping in touch with the committee -----------------------------------------------------
 
     async def _keep_members_connected(self, nursery: trio.Nursery) -> None:

@@ -191,7 +191,9 @@ class NodeRuntime:
             if self.chain is not None:
                 self.metrics.add_chain(self.chain.status)
                 c = self.chain
-                chain_api = ChainApi(c.account, c.ledger, c.submit_tx, c.block, c.tx_pending)
+                chain_api = ChainApi(
+                    c.account, c.ledger, c.submit_tx, c.block, c.tx_pending, c.submit_txs
+                )
             self.status_app = StatusApp(self._snapshot, self.metrics.render, admin, chain_api)
             self.status_app.probe = self._probe
             if self.chain is not None and self.jobs is not None:

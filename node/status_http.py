@@ -29,7 +29,7 @@ import hmac
 import json
 import logging
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -54,6 +54,8 @@ TXS_BATCH_MAX = 1_000
 """Transactions in one POST /txs."""
 TXS_BODY_BYTES_MAX = 4 * 1024 * 1024
 """The largest POST /txs body."""
+KEEP_ALIVE_IDLE_S = 15.0
+"""How long a kept transaction connection waits for the client's next request."""
 LEDGER_LIMIT_MAX = 10_000
 TOKEN_CHARS = (32, 1024)
 WAIT_MS_MAX = 120_000
@@ -104,6 +106,8 @@ class ChainApi:
     submit_tx: Callable[[bytes], Awaitable[TxVerdictLike]]
     block: Callable[[int], Awaitable[dict[str, object] | None]]
     tx_pending: Callable[[bytes], bool]
+    submit_txs: Callable[[list[bytes]], Awaitable[Sequence[TxVerdictLike]]]
+    """Many at once, handed to the engine in their order (POST /txs)."""
 
 
 @dataclass
@@ -168,11 +172,18 @@ def _condition(query: dict[str, list[str]]) -> tuple[Callable[[dict[str, object]
 
 
 async def respond(
-    stream: trio.SocketStream, code: int, body: bytes, ctype: str, extra: str = ""
+    stream: trio.SocketStream,
+    code: int,
+    body: bytes,
+    ctype: str,
+    extra: str = "",
+    *,
+    keep_alive: bool = False,
 ) -> None:
+    connection = "keep-alive" if keep_alive else "close"
     head = (
         f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: {ctype}\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: {connection}\r\n\r\n"
     ).encode()
     await stream.send_all(head + body)
 
@@ -217,6 +228,21 @@ async def _handle(app: StatusApp, stream: trio.SocketStream) -> None:
                 request = await _read_request(stream)
         except (ValueError, trio.TooSlowError, trio.BrokenResourceError):
             return
+        while app.chain is not None and _keeps_alive(request):
+            # Transaction intake on a kept connection: a wallet or relayer posting one
+            # transaction after another spares a TCP connection each (on a loaded node,
+            # accepting and closing them was a large part of taking a transaction in).
+            if not await _post_txs(app.chain, stream, request, keep_alive=True):
+                return
+            next_request = None
+            with trio.move_on_after(KEEP_ALIVE_IDLE_S):
+                try:
+                    next_request = await _read_request(stream)
+                except (ValueError, trio.BrokenResourceError):
+                    return
+            if next_request is None or not next_request.method:
+                return  # idle, or the client closed the connection
+            request = next_request
         method, url = request.method, urlsplit(request.target)
         if url.path == "/admin" or url.path.startswith("/admin/"):
             await _admin(app.admin, stream, request, url.path)
@@ -272,10 +298,11 @@ async def serve_status(
 # chain routes
 
 
-async def respond_json(stream: trio.SocketStream, code: int, doc: object) -> None:
-    await respond(
-        stream, code, json.dumps(doc, sort_keys=True).encode() + b"\n", "application/json"
-    )
+async def respond_json(
+    stream: trio.SocketStream, code: int, doc: object, *, keep_alive: bool = False
+) -> None:
+    body = json.dumps(doc, sort_keys=True).encode() + b"\n"
+    await respond(stream, code, body, "application/json", keep_alive=keep_alive)
 
 
 async def _chain(
@@ -291,14 +318,7 @@ async def _chain(
         if request.method != "POST":
             await respond(stream, 405, f"{path} takes POST\n".encode(), "text/plain")
             return
-        limit = TX_BODY_BYTES_MAX if path == "/tx" else TXS_BODY_BYTES_MAX
-        body = await read_body(stream, request, limit)
-        if body is None:
-            return
-        if path == "/txs":
-            await _submit_batch(api, stream, body)
-        else:
-            await respond_json(stream, 200, _verdict_doc(await api.submit_tx(body)))
+        await _post_txs(api, stream, request)
     elif request.method != "GET":
         await respond(stream, 405, b"only GET\n", "text/plain")
     elif path.startswith("/tx/"):
@@ -348,11 +368,41 @@ def hex32(text: str) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
+def _keeps_alive(request: Request) -> bool:
+    """A POST of transactions whose client asked to keep the connection, and sent nothing
+    beyond its body (pipelined requests are not served: such a connection is closed)."""
+    if request.method != "POST" or urlsplit(request.target).path not in ("/tx", "/txs"):
+        return False
+    if request.headers.get("connection", "").lower() != "keep-alive":
+        return False
+    length = request.headers.get("content-length", "")
+    return length.isascii() and length.isdigit() and len(request.body_start) <= int(length)
+
+
+async def _post_txs(
+    api: ChainApi, stream: trio.SocketStream, request: Request, *, keep_alive: bool = False
+) -> bool:
+    """POST /tx or /txs: read the body, hand it to the engine, answer the verdicts. True if
+    it answered 200 (with `keep_alive`, the connection then stays open for the next)."""
+    path = urlsplit(request.target).path
+    limit = TX_BODY_BYTES_MAX if path == "/tx" else TXS_BODY_BYTES_MAX
+    body = await read_body(stream, request, limit)
+    if body is None:
+        return False
+    if path == "/txs":
+        return await _submit_batch(api, stream, body, keep_alive=keep_alive)
+    doc = _verdict_doc(await api.submit_tx(body))
+    await respond_json(stream, 200, doc, keep_alive=keep_alive)
+    return True
+
+
 def _verdict_doc(v: TxVerdictLike) -> dict[str, object]:
     return {"accepted": v.accepted, "code": v.code, "reason": v.reason}
 
 
-async def _submit_batch(api: ChainApi, stream: trio.SocketStream, body: bytes) -> None:
+async def _submit_batch(
+    api: ChainApi, stream: trio.SocketStream, body: bytes, *, keep_alive: bool = False
+) -> bool:
     """POST /txs: a canonical msgpack array of signed transactions, each as /tx takes it,
     all handed to the engine at once; the verdicts come back in the same order. One request
     for many transactions spares a relayer or a wallet a connection per transaction (on a
@@ -361,23 +411,18 @@ async def _submit_batch(api: ChainApi, stream: trio.SocketStream, body: bytes) -
         txs = unpack(body, max_bytes=TXS_BODY_BYTES_MAX, max_depth=1)
     except DecodeError as exc:
         await respond_json(stream, 400, {"error": f"expected a msgpack array of txs: {exc}"})
-        return
+        return False
     if not isinstance(txs, list) or not all(isinstance(tx, bytes) for tx in txs):
         await respond_json(stream, 400, {"error": "expected a msgpack array of byte strings"})
-        return
+        return False
     if len(txs) > TXS_BATCH_MAX:
         problem = f"{len(txs)} transactions in one batch; at most {TXS_BATCH_MAX}"
         await respond_json(stream, 413, {"error": problem})
-        return
-    verdicts: list[dict[str, object]] = [{} for _ in txs]
-
-    async def one(i: int, tx: bytes) -> None:
-        verdicts[i] = _verdict_doc(await api.submit_tx(tx))
-
-    async with trio.open_nursery() as nursery:
-        for i, tx in enumerate(txs):
-            nursery.start_soon(one, i, tx)
-    await respond_json(stream, 200, {"verdicts": verdicts})
+        return False
+    batch = [tx for tx in txs if isinstance(tx, bytes)]  # all of them, as checked above
+    verdicts = [_verdict_doc(v) for v in await api.submit_txs(batch)]
+    await respond_json(stream, 200, {"verdicts": verdicts}, keep_alive=keep_alive)
+    return True
 
 
 async def read_body(stream: trio.SocketStream, request: Request, limit: int) -> bytes | None:
