@@ -33,6 +33,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pa
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
@@ -483,7 +484,12 @@ class Libp2pTransport:
                         # The requester may keep the stream for its next request (see
                         # `_kept_round_trip`); it ends at its close or after KEPT_IDLE_S.
                         request = None
-                        with trio.move_on_after(KEPT_IDLE_S):
+                        # A requester that closed its end raises StreamEOF or StreamClosed
+                        # here rather than reading b"": the stream did its job all the same.
+                        with (
+                            trio.move_on_after(KEPT_IDLE_S),
+                            suppress(StreamEOF, StreamClosed),
+                        ):
                             request = await read_frame_or_end(stream, limit)
                     ok = True
             except (trio.TooSlowError, FrameError, *_NET_ERRORS) as exc:

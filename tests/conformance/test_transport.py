@@ -8,6 +8,7 @@ connect/subscribe, so gossip tests first publish probes until the path is known 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import pytest
@@ -430,6 +431,27 @@ async def test_libp2p_keeps_one_stream_and_replaces_one_the_server_closed(
             )
             assert got == b"zyx" and streams["served"] == 2
         assert client.stats.requests_failed == 0 and server.stats.requests_served == 11
+
+
+async def test_libp2p_one_shot_requests_end_cleanly_on_the_serving_side(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server waits for a next request on every stream; a requester that closes after
+    its one answer ends that wait as a finished stream, not as a failed request."""
+    ids = [Identity.derive("conformance", "one-shot", i) for i in range(2)]
+    async with (
+        Libp2pTransport.open(ids[0]) as client,
+        Libp2pTransport.open(ids[1]) as server,
+    ):
+        server.set_request_handler("/conformance/echo/1", echo_reversed)
+        await client.connect(server.listen_addrs[0])
+        with caplog.at_level(logging.INFO, logger="gpumesh.libp2p"), trio.fail_after(DEADLINE_S):
+            for i in range(3):
+                got = await client.request(server.peer_id, "/conformance/echo/1", bytes([i, 9]))
+                assert got == bytes([9, i])
+            await trio.sleep(0.3)  # the serving side sees each stream end
+        assert server.stats.requests_served == 3
+        assert not [r for r in caplog.records if "failed" in r.getMessage()], caplog.text
 
 
 # -- peers ------------------------------------------------------------------------------------
