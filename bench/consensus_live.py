@@ -68,15 +68,16 @@ DEFAULT_RATES = {4: (200, 500), 16: (100, 200)}
 CHAIN_ID = "gpumesh-bench-live"
 EMPTY_BLOCK_MS = 200
 ANNOUNCE_INTERVAL_MS = 10_000
-"""Capacity gossip every 10 s, as in bench/sim_speed.py (the swarm's default of 1 s, meant
-for quick tests, is 16 gossip messages a second at n=16, each delivered to every node
-several times over: on 2 cores that alone kept 16 idle nodes busy)."""
+"""Capacity gossip every 10 s (each announcement live for 30 s), the cadence of
+bench/sim_speed.py (whose TTL is 60 s). The swarm's default of 1 s, meant for quick tests, is
+16 gossip messages a second at n=16, each delivered to every node several times over: on 2
+cores that alone kept 16 idle nodes busy."""
 USERS_MIN = 64
 IN_FLIGHT_MAX = 64
-BATCH_WINDOW_S = 0.02
-"""With --batch, the longest a transaction waits for its batch to fill."""
 """HTTP requests in flight at once; when all are busy the schedule waits (the offered rate
 then falls short of the target, which the figures show)."""
+BATCH_WINDOW_S = 0.02
+"""With --batch, the longest a transaction waits for its batch to fill."""
 START_TIMEOUT_S = 180.0
 READY_TIMEOUT_S = 120.0
 DRAIN_S = 5.0
@@ -93,31 +94,37 @@ def log(msg: str) -> None:
 # -- HTTP/1.1 over trio (the node answers Connection: close) ---------------------------------
 
 
-async def http(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
-    """(status code, JSON body) of one request to a node's loopback endpoint."""
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Length: {len(body)}\r\n"
-        "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+def request_head(method: str, port: int, path: str, length: int, connection: str) -> bytes:
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Length: {length}\r\n"
+        f"Content-Type: application/octet-stream\r\nConnection: {connection}\r\n\r\n"
     ).encode()
-    with trio.fail_after(HTTP_TIMEOUT_S):
-        stream = await trio.open_tcp_stream(LOOPBACK, port)
-        async with stream:
-            await stream.send_all(head + body)
-            chunks = []
-            while chunk := await stream.receive_some(65536):
-                chunks.append(chunk)
-    raw = b"".join(chunks)
-    status_line, _, rest = raw.partition(b"\r\n")
-    _, _, payload = rest.partition(b"\r\n\r\n")
+
+
+def decode_response(status_line: bytes, payload: bytes, what: str) -> tuple[int, Any]:
+    """(status code, JSON body, or {"error": text} when the body is not JSON)."""
     parts = status_line.split(b" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
         # a starved node gives up reading a request after 5 s and closes without a word
-        raise ConnectionError(f"no HTTP answer from port {port} to {method} {path}")
-    code = int(parts[1])
+        raise ConnectionError(f"no HTTP answer to {what}")
     try:
-        return code, json.loads(payload)
+        return int(parts[1]), json.loads(payload)
     except ValueError:
-        return code, {"error": payload.decode("utf-8", "replace").strip()}
+        return int(parts[1]), {"error": payload.decode("utf-8", "replace").strip()}
+
+
+async def http(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+    """(status code, JSON body) of one request to a node's loopback endpoint."""
+    with trio.fail_after(HTTP_TIMEOUT_S):
+        stream = await trio.open_tcp_stream(LOOPBACK, port)
+        async with stream:
+            await stream.send_all(request_head(method, port, path, len(body), "close") + body)
+            chunks = []
+            while chunk := await stream.receive_some(65536):
+                chunks.append(chunk)
+    status_line, _, rest = b"".join(chunks).partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return decode_response(status_line, payload, f"{method} {path} on port {port}")
 
 
 class StaleConnection(ConnectionError):
@@ -145,10 +152,7 @@ class KeptHttp:
         self, stream: trio.SocketStream, port: int, path: str, body: bytes
     ) -> tuple[int, Any]:
         pool = self.idle.setdefault(port, [])
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Length: {len(body)}"
-            "\r\nContent-Type: application/octet-stream\r\nConnection: keep-alive\r\n\r\n"
-        ).encode()
+        head = request_head("POST", port, path, len(body), "keep-alive")
         try:
             with trio.fail_after(HTTP_TIMEOUT_S):
                 try:
@@ -180,11 +184,7 @@ class KeptHttp:
             pool.append(stream)
         else:
             await stream.aclose()
-        code = int(lines[0].split(" ", 2)[1])
-        try:
-            return code, json.loads(payload)
-        except ValueError:
-            return code, {"error": payload.decode("utf-8", "replace").strip()}
+        return decode_response(lines[0].encode("latin-1"), payload, f"POST {path} on port {port}")
 
     async def close(self) -> None:
         for pool in self.idle.values():
@@ -324,6 +324,8 @@ async def offer_load(
                 else:
                     code, doc = await post(port, "/txs", pack([i[2] for i in items]))
                     docs = doc.get("verdicts") or [doc] * len(items)
+                    if len(docs) != len(items):
+                        raise ValueError(f"{len(docs)} verdicts for {len(items)} transactions")
             except (OSError, trio.TooSlowError, ValueError, IndexError) as exc:
                 phase.refused[f"http_error:{type(exc).__name__}"] += len(items)
                 for user, nonce, _, _ in items:
@@ -342,18 +344,29 @@ async def offer_load(
         await slots.acquire()
         nursery.start_soon(submit, items, port)
 
+    async def flush_due(now: float, nursery: trio.Nursery) -> None:
+        for p in ports:
+            queue = pending[p]
+            if queue and (len(queue) >= batch or now - queue[0][3] >= BATCH_WINDOW_S):
+                await flush(p, nursery)
+
     async with trio.open_nursery() as nursery:
         for i in range(total):
-            await trio.sleep_until(phase.t0 + i / phase.rate)
+            made_at = phase.t0 + i / phase.rate
+            # A batch that would outwait its window before the next transaction is made
+            # goes when its window ends (at low rates), not with that transaction.
+            while due := [q[0][3] + BATCH_WINDOW_S for q in pending.values() if q]:
+                if min(due) >= made_at:
+                    break
+                await trio.sleep_until(min(due))
+                await flush_due(trio.current_time(), nursery)
+            await trio.sleep_until(made_at)
             now = trio.current_time()
             user, nonce, data = users.next_tx()
             port = rng.choice(ports)
             phase.submitted.append(now)
             pending[port].append((user, nonce, data, now))
-            for p in ports:
-                queue = pending[p]
-                if queue and (len(queue) >= batch or now - queue[0][3] >= BATCH_WINDOW_S):
-                    await flush(p, nursery)
+            await flush_due(now, nursery)
         for p in ports:
             if pending[p]:
                 await flush(p, nursery)

@@ -240,12 +240,7 @@ class ConsensusEngine(App):
     def _on_statement(
         self, now_ms: int, sender: bytes, env: bytes, block: bytes | None, *, relayed: bool = False
     ) -> None:
-        signed = self._verified.get(env)
-        if signed is None:
-            signed = self._decode_statement(env)
-            if len(self._verified) >= VERIFIED_MAX:
-                self._verified.clear()
-            self._verified[env] = signed
+        signed = self._verified_statement(env)
         rec = signed.record
         h = self.chain.height + 1
         self._check_slot(signed, env)
@@ -288,6 +283,16 @@ class ConsensusEngine(App):
                 return
             m.on_proposal(signed, env, decode_block(block), block, rec.block_hash, now_ms)
         self._drain(now_ms)
+
+    def _verified_statement(self, env: bytes) -> Signed[Any]:
+        """`env` decoded and its signature checked, once per distinct envelope."""
+        signed = self._verified.get(env)
+        if signed is None:
+            signed = self._decode_statement(env)
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[env] = signed
+        return signed
 
     def _drain(self, now_ms: int) -> None:
         m = self.machine
@@ -498,7 +503,7 @@ class ConsensusEngine(App):
         if old is None:
             by_height[key] = env
             return
-        if old != env and self._decode_statement(old).record != rec:
+        if old != env and self._verified_statement(old).record != rec:
             self._report(EvidenceFound(old, env, signed.signer), (rec.height, *key))
 
     def _report(self, found: EvidenceFound, slot: tuple[Any, ...] | None = None) -> None:

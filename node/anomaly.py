@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from consensus.ledger.job_records import JobStatus
-from consensus.ledger.prices import gpu_class
+from consensus.ledger.prices import main_class
 from consensus.ledger.state import LedgerState
 
 SAMPLES_MIN = 5
@@ -57,11 +57,7 @@ class Anomaly:
 def samples_from_state(state: LedgerState, kept: int = SAMPLES_KEPT) -> list[Sample]:
     """Each revealed replica of the last `kept` settled jobs per node, with its ratio."""
     per_node: dict[bytes, list[Sample]] = {}
-    classes = {
-        node: gpu_class(max(o.gpus, key=lambda g: (g.count, g.model)).model)
-        for node, o in state.offers.items()
-        if o.gpus
-    }
+    classes = {node: main_class(o) for node, o in state.offers.items() if o.gpus}
     settled = [
         (r.closed_height, j, r) for j, r in state.jobs.items() if r.status == JobStatus.SETTLED
     ]

@@ -13,15 +13,16 @@ arrays, loaded without pickle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from node.workloads import WeightsMismatch
 from node.workloads.inference import Weights
 from p2p.errors import DecodeError
 
@@ -51,22 +52,33 @@ class BlobStore:
         if len(data) > BLOB_BYTES_MAX:
             raise ValueError(f"a blob holds at most {BLOB_BYTES_MAX} bytes, got {len(data)}")
         digest = hashlib.sha256(data).digest()
-        path = self._path(digest)
-        if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+        self._write(digest, data)
         return digest
 
     def accept(self, digest: bytes, data: bytes) -> bool:
         """Store bytes a peer sent for `digest` if, and only if, they hash to it."""
         if len(data) > BLOB_BYTES_MAX or hashlib.sha256(data).digest() != digest:
             return False
-        self.put(data)
+        self._write(digest, data)
         return True
+
+    def _write(self, digest: bytes, data: bytes) -> None:
+        """Durably, under its name; each writer has its own temporary file, since two jobs
+        (or a job and an upload) may store the same blob at once."""
+        path = self._path(digest)
+        if path.exists():
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def weights_to_blob(weights: Weights) -> bytes:
@@ -101,7 +113,6 @@ __all__ = [
     "BLOB_BYTES_MAX",
     "PROTOCOL_BLOB",
     "BlobStore",
-    "WeightsMismatch",
     "weights_from_blob",
     "weights_to_blob",
 ]

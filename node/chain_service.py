@@ -308,17 +308,8 @@ class ChainService:
 
     async def submit_tx(self, data: bytes) -> TxVerdict:
         """Hand a client's transaction to the engine; its verdict (or a timeout)."""
-        ticket = next(self._tickets)
-        waiter = self._waiting[ticket] = _Waiter()
-        try:
-            with trio.move_on_after(TX_WAIT_S):
-                await self._inbox_send.send(ClientTx(data, ticket))
-                await waiter.done.wait()
-        finally:
-            del self._waiting[ticket]
-        if waiter.verdict is None:
-            return TxVerdict(ticket, False, "timeout", f"no verdict within {TX_WAIT_S:.0f} s")
-        return waiter.verdict
+        (verdict,) = await self.submit_txs([data])
+        return verdict
 
     async def submit_txs(self, batch: list[bytes]) -> list[TxVerdict]:
         """Hand a client's transactions to the engine in their order (one sender's nonces

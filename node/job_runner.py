@@ -53,7 +53,7 @@ from consensus.ledger.market_records import (
 from consensus.ledger.state import LedgerState
 from consensus.ledger.tx import LedgerTx
 from consensus.market.verify import result_commitment
-from node.anomaly import anomalies_in
+from node.anomaly import find_anomalies, samples_from_state
 from node.blobs import PROTOCOL_BLOB, BlobStore
 from node.chain_service import ChainService, account_of, peer_of
 from node.job_exec import JobParamsError, execute, output_digest
@@ -162,6 +162,8 @@ class JobRunner:
         """(job or b"offer", step) -> the height we sent it at."""
         self._transport: Transport | None = None
         self._flagged: set[tuple[bytes, int]] = set()
+        """(node, epoch) flagged from here; earlier epochs are dropped as the epoch moves."""
+        self._anomaly_round = 0
         self._heads: collections.deque[tuple[int, int]] = collections.deque(maxlen=HEADS_KEPT)
         """(height, block time ms) of the heads seen: the block interval for uptime views."""
         self.counts: dict[str, int] = {}
@@ -190,7 +192,10 @@ class JobRunner:
         me = self.identity.public_key
         await self._keep_offer(state)
         await self._heartbeat(state)
-        if state.height % ANOMALY_EVERY_BLOCKS == 0 and me in state.operators:
+        anomaly_round = state.height // ANOMALY_EVERY_BLOCKS
+        if anomaly_round != self._anomaly_round and me in state.operators:
+            # by round, not `height % N == 0`: the heads we see may skip that very height
+            self._anomaly_round = anomaly_round
             await self._flag_anomalies(state)
         for job, record in sorted(state.jobs.items()):
             if record.status not in (JobStatus.ASSIGNED, JobStatus.REVEALING):
@@ -263,7 +268,11 @@ class JobRunner:
         """Flag nodes whose runtimes do not fit their GPU class (node/anomaly.py), each at
         most once per epoch from here (the ledger bounds flags per operator too)."""
         me = self.identity.public_key
-        found = await trio.to_thread.run_sync(anomalies_in, state, (me,))
+        # The samples are read here, on the trio thread: the next block changes the ledger
+        # state in place, so a worker thread must not walk it. Only the numpy part goes out.
+        samples = [s for s in samples_from_state(state) if s.node != me]
+        found = await trio.to_thread.run_sync(find_anomalies, samples)
+        self._flagged = {k for k in self._flagged if k[1] == state.epoch}
         for anomaly in found:
             key = (anomaly.node, state.epoch)
             if key in self._flagged or is_watched(state, anomaly.node):

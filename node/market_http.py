@@ -79,7 +79,8 @@ async def serve_market(
         await respond(stream, 405, b"only GET\n", "text/plain")
     elif path.startswith("/blob/"):
         digest = hex32(path.removeprefix("/blob/"))
-        data = api.get_blob(digest) if digest is not None else None
+        # reading and re-hashing up to 3 MiB: off the event loop, as uploads are
+        data = await trio.to_thread.run_sync(api.get_blob, digest) if digest is not None else None
         if data is None:
             await respond_json(stream, 404, {"error": "no such blob here"})
         else:

@@ -32,7 +32,7 @@ import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -240,8 +240,8 @@ async def _handle(app: StatusApp, stream: trio.SocketStream) -> None:
                     next_request = await _read_request(stream)
                 except (ValueError, trio.BrokenResourceError):
                     return
-            if next_request is None or not next_request.method:
-                return  # idle, or the client closed the connection
+            if next_request is None:
+                return  # idle (a closed connection raised ValueError above)
             request = next_request
         method, url = request.method, urlsplit(request.target)
         if url.path == "/admin" or url.path.startswith("/admin/"):
@@ -419,8 +419,7 @@ async def _submit_batch(
         problem = f"{len(txs)} transactions in one batch; at most {TXS_BATCH_MAX}"
         await respond_json(stream, 413, {"error": problem})
         return False
-    batch = [tx for tx in txs if isinstance(tx, bytes)]  # all of them, as checked above
-    verdicts = [_verdict_doc(v) for v in await api.submit_txs(batch)]
+    verdicts = [_verdict_doc(v) for v in await api.submit_txs(cast("list[bytes]", txs))]
     await respond_json(stream, 200, {"verdicts": verdicts}, keep_alive=keep_alive)
     return True
 

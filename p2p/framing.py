@@ -37,8 +37,9 @@ async def write_frame(stream: FrameStream, payload: bytes) -> None:
     await stream.write(FRAME_HEADER.pack(len(payload)) + payload)
 
 
-async def read_exactly(stream: FrameStream, size: int, limit: int) -> bytes:
-    buf = bytearray()
+async def read_exactly(stream: FrameStream, size: int, limit: int, have: bytes = b"") -> bytes:
+    """`size` bytes, starting with those already read (`have`)."""
+    buf = bytearray(have)
     while len(buf) < size:
         chunk = await stream.read(size - len(buf))
         if not chunk:
@@ -47,15 +48,13 @@ async def read_exactly(stream: FrameStream, size: int, limit: int) -> bytes:
     return bytes(buf)
 
 
-async def read_frame_or_end(stream: FrameStream, limit: int) -> bytes | None:
-    """`read_frame`, or None when the stream ends cleanly before the frame's first byte (a
-    requester that keeps a stream for several requests closes it between frames)."""
-    first = await stream.read(FRAME_HEADER.size)
-    if not first:
-        return None
-    if len(first) < FRAME_HEADER.size:
-        first += await read_exactly(stream, FRAME_HEADER.size - len(first), limit)
-    (size,) = FRAME_HEADER.unpack(first)
+async def read_frame_from(stream: FrameStream, limit: int, first: bytes) -> bytes:
+    """The rest of a frame whose first bytes (`first`, 1 to 4 of them) were read already.
+
+    A server that keeps a stream for request after request waits for a next request's first
+    bytes with no deadline of its own, then reads the rest of it under the request deadline."""
+    header = await read_exactly(stream, FRAME_HEADER.size, limit, have=first)
+    (size,) = FRAME_HEADER.unpack(header)
     if size > limit:
         raise FrameError("announced size over the limit", size, limit)
     return await read_exactly(stream, size, limit)
@@ -63,7 +62,7 @@ async def read_frame_or_end(stream: FrameStream, limit: int) -> bytes | None:
 
 async def read_frame(stream: FrameStream, limit: int) -> bytes:
     """A u32 big-endian length then the payload; the length is checked before any allocation."""
-    (size,) = FRAME_HEADER.unpack(await read_exactly(stream, FRAME_HEADER.size, limit))
-    if size > limit:
-        raise FrameError("announced size over the limit", size, limit)
-    return await read_exactly(stream, size, limit)
+    first = await stream.read(FRAME_HEADER.size)
+    if not first:
+        raise FrameError("stream ended after 0 bytes", FRAME_HEADER.size, limit)
+    return await read_frame_from(stream, limit, first)

@@ -43,7 +43,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
-from p2p.framing import FrameError, read_frame, read_frame_or_end, write_frame
+from p2p.framing import FRAME_HEADER, FrameError, read_frame, read_frame_from, write_frame
 from p2p.identity import Identity
 from p2p.liveness import PING_NONCE, PingMonitor
 from p2p.memory_transport import PublishPacer
@@ -262,9 +262,10 @@ class Libp2pTransport:
         for peer in sorted(before - now):
             self._pings.forget(peer)
             self._ping_streams.pop(peer, None)
+            # Kept streams die with their connection. Their locks stay: a request holding
+            # one may still be running, and a fresh lock would let a second one race it.
             for key in [k for k in self._kept if k[0] == peer]:
                 del self._kept[key]
-                self._kept_locks.pop(key, None)
             self._emit(PeerEvent(PeerEventKind.DISCONNECTED, peer))
 
     async def _reannounce_topics(self, pid: ID) -> None:
@@ -482,15 +483,19 @@ class Libp2pTransport:
                         await write_frame(stream, response)
                         self._stats.requests_served += 1
                         # The requester may keep the stream for its next request (see
-                        # `_kept_round_trip`); it ends at its close or after KEPT_IDLE_S.
-                        request = None
-                        # A requester that closed its end raises StreamEOF or StreamClosed
-                        # here rather than reading b"": the stream did its job all the same.
+                        # `_kept_round_trip`): wait up to KEPT_IDLE_S for its first bytes (a
+                        # requester that closed its end raises StreamEOF or StreamClosed here
+                        # rather than reading b""), then read the rest under the deadline.
+                        first = b""
                         with (
                             trio.move_on_after(KEPT_IDLE_S),
                             suppress(StreamEOF, StreamClosed),
                         ):
-                            request = await read_frame_or_end(stream, limit)
+                            first = await stream.read(FRAME_HEADER.size)
+                        request = None
+                        if first:
+                            with trio.fail_after(self._config.request_timeout_ms / 1000):
+                                request = await read_frame_from(stream, limit, first)
                     ok = True
             except (trio.TooSlowError, FrameError, *_NET_ERRORS) as exc:
                 logger.info("request %s from %s failed: %r", protocol, peer[-8:], exc)

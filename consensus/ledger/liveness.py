@@ -77,7 +77,7 @@ def _flag(
     if tx.node == sender:
         raise InvalidTransaction(TxCode.MALFORMED, "a node cannot flag itself")
     mine = state.liveness.get(sender)
-    if mine is not None and mine.flags_sent >= market.flags_per_epoch_max:
+    if (mine.flags_sent if mine is not None else 0) >= market.flags_per_epoch_max:
         raise InvalidTransaction(
             TxCode.RATE_LIMITED, f"{market.flags_per_epoch_max} flags already sent this epoch"
         )

@@ -45,6 +45,12 @@ def offer_classes(offer: Offer) -> list[str]:
     return sorted({gpu_class(g.model) for g in offer.gpus})
 
 
+def main_class(offer: Offer) -> str:
+    """The class of the offer's largest GPU group (ties: the model name), which its replicas
+    count against; the offer must list GPUs."""
+    return gpu_class(max(offer.gpus, key=lambda g: (g.count, g.model)).model)
+
+
 def list_classes(state: LedgerState, offer: Offer) -> None:
     """List the offer's classes the book does not know yet, at the offer's ask (while the
     book has room: a full book lists nothing new)."""
@@ -65,12 +71,11 @@ def supply_and_demand(state: LedgerState) -> tuple[dict[str, int], dict[str, int
     """GPUs per class offered by up, active nodes, and wanted or held by open jobs."""
     height = state.height
     supply: dict[str, int] = {}
-    main_class: dict[bytes, str] = {}
+    class_of: dict[bytes, str] = {}
     for node, offer in state.offers.items():
         if not offer.gpus:
             continue
-        biggest = max(offer.gpus, key=lambda g: (g.count, g.model))
-        main_class[node] = gpu_class(biggest.model)
+        class_of[node] = main_class(offer)
         if not state.is_active(node) or is_down(state, node, height):
             continue
         for g in offer.gpus:
@@ -82,8 +87,8 @@ def supply_and_demand(state: LedgerState) -> tuple[dict[str, int], dict[str, int
             continue
         gpus = record.terms.gpus
         for replica in record.replicas:
-            if not replica.revealed and replica.node in main_class:
-                name = main_class[replica.node]
+            if not replica.revealed and replica.node in class_of:
+                name = class_of[replica.node]
                 demand[name] = demand.get(name, 0) + gpus
         if record.status == JobStatus.PENDING and record.terms.gpu_model:
             missing = record.replicas_wanted - len(record.replicas)
