@@ -49,7 +49,7 @@ from consensus.bft.tendermint import (
     Persist,
     Statement,
 )
-from consensus.bft.votes import PROPOSAL_SLOT, Proposal, Vote, decode_statement
+from consensus.bft.votes import NIL, PROPOSAL_SLOT, Proposal, Vote, decode_statement
 from consensus.chain import Chain, InvalidBlock, VerifiedCommit
 from consensus.engine_types import (
     ClientTx,
@@ -67,6 +67,7 @@ from consensus.engine_types import (
 )
 from consensus.ledger.errors import InvalidTransaction
 from consensus.ledger.evidence import Equivocation
+from consensus.vote_hub import VoteHub
 from p2p.errors import BadSignature, DecodeError
 from p2p.wire import Signed, Signer, sign
 
@@ -78,6 +79,8 @@ SLOT_HEIGHTS_KEPT = 16
 """Heights back for which first statements are kept to catch equivocation in late relays."""
 VERIFIED_MAX = 8_192
 """Verified statements remembered by their bytes (a few MiB at most)."""
+REFORWARD_HEIGHTS = 2
+"""A client transaction not committed this many heights after we forwarded it goes again."""
 
 __all__ = [
     "ClientTx",
@@ -148,6 +151,9 @@ class ConsensusEngine(App):
         self._next_relay_ms = now_ms + config.bft.rebroadcast_ms
         self._forward: list[bytes] = []
         self._next_forward_ms = 0
+        self._client_pending: dict[bytes, int] = {}
+        """Client transactions we forwarded and have not seen committed -> the height we
+        were at when we last forwarded them (see `_reforward`)."""
         self._next_sync_ms = now_ms
         self._sync_turn = 0
         self._pushed_ms: dict[bytes, int] = {}
@@ -159,6 +165,8 @@ class ConsensusEngine(App):
         self.counts: dict[str, int] = {}
         self.last_commit_ms = now_ms
         self.machine: HeightMachine | None = None
+        self._hub: VoteHub | None = None
+        """This height's vote routing (`consensus.vote_hub`); None: all-to-all."""
         self._now = now_ms
         self._new_height(now_ms)
 
@@ -243,7 +251,7 @@ class ConsensusEngine(App):
         signed = self._verified_statement(env)
         rec = signed.record
         h = self.chain.height + 1
-        self._check_slot(signed, env)
+        first_of_slot = self._check_slot(signed, env)
         if relayed:
             if rec.height != h or self.machine is None:
                 return  # a relay of another height only serves to catch equivocation
@@ -251,6 +259,8 @@ class ConsensusEngine(App):
             if isinstance(rec, Proposal):
                 self.machine.on_relayed_proposal(signed, env)
             else:
+                if self._hub is not None and signed.signer != self.me:
+                    self._hub_receives(now_ms, signed, env, first_of_slot=False)
                 self.machine.on_vote(signed, env, now_ms)
             self._drain(now_ms)
             return
@@ -275,6 +285,8 @@ class ConsensusEngine(App):
         if signed.signer != self.me and env not in self._seen:
             self._seen.add(env)
             self._relay.append(env)
+            if self._hub is not None and isinstance(rec, Vote):
+                self._hub_receives(now_ms, signed, env, first_of_slot=first_of_slot)
         if isinstance(rec, Vote):
             m.on_vote(signed, env, now_ms)
         elif isinstance(rec, Proposal) and block is not None:
@@ -304,6 +316,9 @@ class ConsensusEngine(App):
                 if isinstance(act, Persist):
                     self._ready.actions.append(act)
                 elif isinstance(act, Broadcast):
+                    if act.vote is not None and self._hub is not None:
+                        self._hub_sends(now_ms, act.envelope, act.vote)
+                        continue
                     frame = (
                         encode_frame(TAG_VOTE, act.envelope)
                         if act.block is None
@@ -353,6 +368,13 @@ class ConsensusEngine(App):
             now_ms, mine, may_vote=h >= self.may_vote_from,
         )  # fmt: skip
         self._seen = set()
+        self._reforward()
+        committee = self.chain.committee
+        self._hub = (
+            VoteHub(committee, h, self.me, self.config.hub_flush_ms)
+            if committee.size >= self.config.vote_hub_from and self.me in committee
+            else None
+        )
         for old in [x for x in self._slots if x < h - SLOT_HEIGHTS_KEPT]:
             del self._slots[old]
         future, self._future, self._future_bytes = self._future, [], 0
@@ -436,13 +458,20 @@ class ConsensusEngine(App):
         if self._forward and now_ms >= self._next_forward_ms:
             frame = encode_frame(TAG_TXS, TxBatch(tuple(self._forward)).encode())
             self._forward = []
-            self._to_members(frame)
+            for member in self._forward_targets():
+                self._ready.actions.append(SendFrame(member, frame))
             self._next_forward_ms = now_ms + self.config.tx_forward_ms
+        hub = self._hub
+        if hub is not None and now_ms >= hub.flush_at_ms:
+            self._relay_to_members(hub.take())
         if now_ms >= self._next_relay_ms:
-            self._next_relay_ms = now_ms + self.config.bft.rebroadcast_ms
-            if self._relay and self.me in self.chain.committee:
+            rebroadcast_ms = self.config.bft.rebroadcast_ms
+            self._next_relay_ms = now_ms + rebroadcast_ms
+            if hub is not None and now_ms - self.last_commit_ms < rebroadcast_ms:
+                self._relay = []  # a quick height: its hub relayed what mattered
+            elif self._relay and self.me in self.chain.committee:
                 batch, self._relay = self._relay[:RELAY_MAX], self._relay[RELAY_MAX:]
-                self._to_members(encode_frame(TAG_RELAY, Relay(tuple(batch)).encode()))
+                self._relay_to_members(batch)
         if now_ms >= self._next_sync_ms:
             self._next_sync_ms = now_ms + self.config.sync_interval_ms
             members = [m for m in self.chain.committee.members if m != self.me]
@@ -457,6 +486,8 @@ class ConsensusEngine(App):
 
     def _next_wake(self, now_ms: int) -> int:
         wake = min(self._next_sync_ms, self._next_relay_ms)
+        if self._hub is not None:
+            wake = min(wake, self._hub.flush_at_ms)
         if self._forward:
             wake = min(wake, self._next_forward_ms)
         if self.machine is not None:
@@ -483,28 +514,71 @@ class ConsensusEngine(App):
             if client:
                 raise
             return
-        if client:  # members' batches went to every member already
+        if client:  # members' batches went to the proposers already
             self._forward.append(data)
+            if len(self._client_pending) < self.mempool.capacity:
+                self._client_pending[data] = self.chain.height
 
-    def _check_slot(self, signed: Signed[Any], env: bytes) -> None:
+    def _check_slot(self, signed: Signed[Any], env: bytes) -> bool:
         """Remember the first statement of each member per slot over recent heights; a second,
-        different one is equivocation, whichever way it reached us (direct or relayed)."""
+        different one is equivocation, whichever way it reached us (direct or relayed).
+        True: `env` is the first statement we hold for its slot."""
         rec = signed.record
         h = self.chain.height + 1
         if (
             signed.signer not in self.chain.committee
             or not h - SLOT_HEIGHTS_KEPT <= rec.height <= h + 1
         ):
-            return  # strangers cannot be slashed, and far heights would grow memory
+            return False  # strangers cannot be slashed, and far heights would grow memory
         kind = rec.kind if isinstance(rec, Vote) else PROPOSAL_SLOT
         by_height = self._slots.setdefault(rec.height, {})
         key = (signed.signer, rec.round, kind)
         old = by_height.get(key)
         if old is None:
             by_height[key] = env
-            return
+            return True
         if old != env and self._verified_statement(old).record != rec:
             self._report(EvidenceFound(old, env, signed.signer), (rec.height, *key))
+        return False
+
+    # -- vote routing through the round's hub (consensus.vote_hub) ------------------------------
+
+    def _hub_sends(self, now_ms: int, env: bytes, vote: Vote) -> None:
+        """Our vote's first sending: to the round's hub, or held if we are it; nil votes go
+        to every member. A copy relayed back to us is then skipped as seen."""
+        hub = self._hub
+        assert hub is not None
+        self._seen.add(env)
+        to = hub.route(vote)
+        if to is None:
+            self._to_members(encode_frame(TAG_VOTE, env))
+        elif to != self.me:
+            self._ready.actions.append(SendFrame(to, encode_frame(TAG_VOTE, env)))
+        elif hub.collect(env, self.me, vote, now_ms):
+            self._relay_to_members(hub.take())
+
+    def _hub_receives(
+        self, now_ms: int, signed: Signed[Any], env: bytes, *, first_of_slot: bool
+    ) -> None:
+        """A member's vote for a block, new to us: held for relay if we are its round's hub;
+        forwarded to the hub if it came straight to us, is the first for its slot that we
+        hold, and its sender bypassed the hub (an equivocator's second version meets the
+        first there)."""
+        hub, vote = self._hub, signed.record
+        assert hub is not None and isinstance(vote, Vote)
+        if vote.block_hash == NIL or vote.height != hub.height:
+            return
+        if hub.is_hub_for(vote):
+            if hub.collect(env, signed.signer, vote, now_ms):
+                self._relay_to_members(hub.take())
+        elif first_of_slot and signed.signer != hub.hub_of(vote.round):
+            frame = encode_frame(TAG_RELAY, Relay((env,)).encode())
+            self._ready.actions.append(SendFrame(hub.hub_of(vote.round), frame))
+
+    def _relay_to_members(self, statements: list[bytes]) -> None:
+        for i in range(0, len(statements), RELAY_MAX):
+            batch = tuple(statements[i : i + RELAY_MAX])
+            self._to_members(encode_frame(TAG_RELAY, Relay(batch).encode()))
 
     def _report(self, found: EvidenceFound, slot: tuple[Any, ...] | None = None) -> None:
         """Turn equivocation into a slashing transaction signed by us (once per offence)."""
@@ -529,6 +603,40 @@ class ConsensusEngine(App):
             self._event("evidence_not_submitted", reason=exc.reason[:200])
 
     # -- small helpers ----------------------------------------------------------------------
+
+    def _reforward(self) -> None:
+        """Client transactions forwarded REFORWARD_HEIGHTS or more heights ago and still not
+        committed go again, to the proposers now ahead: the ones we picked may have proposed
+        before our batch reached them (we lagged, or they were quick). Without this such a
+        transaction waited for a block of our own, n heights away."""
+        h = self.chain.height
+        for data, at in list(self._client_pending.items()):
+            if not self.mempool.holds(data):
+                del self._client_pending[data]
+            elif h - at >= REFORWARD_HEIGHTS:
+                self._forward.append(data)
+                self._client_pending[data] = h
+
+    def _forward_targets(self) -> list[bytes]:
+        """Who gets the client transactions we took: the proposers of the next
+        `tx_forward_leaders` views (this round's, then the rounds or heights after), not every
+        member. The others verify them when they see them in a proposal, so a copy to each
+        member bought nothing but frames: at n = 16 with clients spread over the members,
+        every transaction cost 15 of them. A transaction that none of those proposers
+        includes stays in our mempool and goes into a block of ours."""
+        committee = self.chain.committee
+        k = self.config.tx_forward_leaders
+        if k == 0 or k >= committee.size - 1:
+            return [m for m in committee.members if m != self.me]
+        view = self.chain.height + 1 + (self.machine.round if self.machine is not None else 0)
+        out: list[bytes] = []
+        for i in range(committee.size):
+            leader = committee.leader_for(view + i)
+            if leader != self.me and leader not in out:
+                out.append(leader)
+                if len(out) == k:
+                    break
+        return out
 
     def _to_members(self, frame: bytes) -> None:
         for member in self.chain.committee.members:

@@ -19,8 +19,11 @@ class EngineConfig:
     empty_block_ms: int = 1_000
     """With nothing to order, the proposer still proposes after this long: blocks mark time
     (epochs, unbonding) and show the committee is alive."""
-    tx_forward_ms: int = 50
+    tx_forward_ms: int = 100
     """Transactions clients hand us are forwarded to the other members in batches this often."""
+    tx_forward_leaders: int = 2
+    """...to the proposers of this many views ahead (0: to every member; see
+    `ConsensusEngine._forward_targets`)."""
     sync_interval_ms: int = 1_000
     clock_drift_max_ms: int = 10_000
     snapshot_every: int = 10
@@ -28,12 +31,25 @@ class EngineConfig:
     recent_blocks_kept: int = 64
     """Committed blocks held in memory to push to members that fall behind."""
     future_statements_max: int = 4_096
+    vote_hub_from: int = 8
+    """Committees of at least this many members route block votes through the round's
+    proposer (`consensus.vote_hub`): about 5n frames a height instead of 2n^2. Below it,
+    all-to-all costs little and saves the extra hop."""
+    hub_flush_ms: int = 200
+    """How long a hub holds the votes of a slot that has no quorum yet before relaying them
+    anyway (so members see a round whose block votes fall short)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.block_txs_max <= BLOCK_TXS_MAX:
             raise ValueError(f"block_txs_max must be 1..{BLOCK_TXS_MAX}")
         if not 0 < self.block_bytes_max <= BLOCK_BYTES_MAX:
             raise ValueError(f"block_bytes_max must be 1..{BLOCK_BYTES_MAX}")
+        if self.tx_forward_leaders < 0:
+            raise ValueError("tx_forward_leaders must be non-negative")
+        if self.vote_hub_from < 2:
+            raise ValueError("vote_hub_from must be at least 2")
+        if self.hub_flush_ms <= 0:
+            raise ValueError("hub_flush_ms must be positive")
         if self.empty_block_ms >= self.bft.timeout_propose_ms:
             raise ValueError("empty_block_ms must be below bft.timeout_propose_ms")
 

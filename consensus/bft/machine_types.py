@@ -8,7 +8,7 @@ import enum
 from dataclasses import dataclass
 
 from consensus.bft.block import Block
-from consensus.bft.votes import CommitCertificate
+from consensus.bft.votes import CommitCertificate, Vote
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ class Broadcast:
     pol: tuple[bytes, ...] = ()
     """With a proposal of a block seen before: the prevotes for it in its proof-of-lock
     round, so a member that missed them can still accept it (line 28)."""
+    vote: Vote | None = None
+    """Set on a vote's first sending only (never on a re-send): the engine may route it
+    through the round's hub (`consensus.vote_hub`); re-sends always go to every member."""
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,10 @@ class Mempool:
             nonce += 1
         return nonce
 
+    def holds(self, data: bytes) -> bool:
+        """Whether `data` is still waiting here (neither committed nor dropped)."""
+        return hashlib.sha256(data).digest() in self._pending
+
     def pending(self) -> list[bytes]:
         return [data for data, _ in self._pending.values()]
 

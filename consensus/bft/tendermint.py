@@ -413,7 +413,7 @@ class HeightMachine:
         signed = sign(Vote(self.height, self.round, kind, block_hash), self._signer, self.chain_id)
         envelope = signed.encode()
         self._emit(self.round, kind, envelope)
-        self.actions.append(Broadcast(envelope))
+        self.actions.append(Broadcast(envelope, vote=signed.record))
         self.on_vote_local(signed, envelope)
 
     def on_vote_local(self, signed: Signed[Vote], envelope: bytes) -> None:
