@@ -618,19 +618,21 @@ class ConsensusEngine(App):
                 self._client_pending[data] = h
 
     def _forward_targets(self) -> list[bytes]:
-        """Who gets the client transactions we took: the proposers of the next
-        `tx_forward_leaders` views (this round's, then the rounds or heights after), not every
-        member. The others verify them when they see them in a proposal, so a copy to each
-        member bought nothing but frames: at n = 16 with clients spread over the members,
-        every transaction cost 15 of them. A transaction that none of those proposers
-        includes stays in our mempool and goes into a block of ours."""
+        """Who gets the client transactions we took: the proposers of the
+        `tx_forward_leaders` views after the current one (the next round's or height's
+        first), not every member. The others verify them when they see them in a proposal,
+        so a copy to each member bought nothing but frames: at n = 16 with clients spread
+        over the members, every transaction cost 15 of them. The current view's proposer is
+        skipped: it proposes as its height starts, so a batch reaching it later waits for
+        the next block anyway. A transaction that none of those proposers includes goes
+        again (`_reforward`) and at worst into a block of ours."""
         committee = self.chain.committee
         k = self.config.tx_forward_leaders
         if k == 0 or k >= committee.size - 1:
             return [m for m in committee.members if m != self.me]
         view = self.chain.height + 1 + (self.machine.round if self.machine is not None else 0)
         out: list[bytes] = []
-        for i in range(committee.size):
+        for i in range(1, committee.size + 1):
             leader = committee.leader_for(view + i)
             if leader != self.me and leader not in out:
                 out.append(leader)

@@ -424,7 +424,9 @@ class Libp2pTransport:
         fails as usual. A stream that failed is reset, never kept."""
         try:
             with trio.fail_after(timeout_s):
-                return await self._kept_try(peer, protocol, data)
+                reply = await self._kept_try(peer, protocol, data)
+            self._pings.heard(peer)
+            return reply
         except trio.TooSlowError:
             raise RequestFailed(
                 peer, protocol, f"no response within {timeout_s * 1000:.0f} ms"

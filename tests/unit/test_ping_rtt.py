@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2p.liveness import RTT_WEIGHT, PingMonitor
+from p2p.liveness import PING_BUSY_ROUNDS, RTT_WEIGHT, PingMonitor
 from p2p.transport import TransportConfig, TransportStats
 
 
@@ -32,3 +32,42 @@ async def test_rtts_follow_the_pings_and_are_forgotten_with_the_peer(
     assert monitor.rtt_ms["slow"] == pytest.approx(80 + RTT_WEIGHT * (40 - 80), abs=0.5)
     monitor.forget("slow")
     assert "slow" not in monitor.rtt_ms
+
+
+async def test_a_peer_that_answers_our_requests_is_pinged_only_every_few_rounds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pinged: list[tuple[str, int]] = []
+    rounds = 0
+
+    async def round_trip(peer: str, nonce: bytes, timeout_s: float) -> bytes:
+        pinged.append((peer, rounds))
+        return nonce
+
+    async def drop(peer: str) -> None:
+        raise AssertionError("nobody misses a ping here")
+
+    stats = TransportStats()
+    monitor = PingMonitor(
+        TransportConfig(ping_interval_ms=1_000), stats, round_trip=round_trip,
+        peers=lambda: frozenset({"busy", "quiet"}), drop=drop,
+    )  # fmt: skip
+
+    async def traffic() -> None:  # "busy" answers a request of ours 10 times a second
+        nonlocal rounds
+        for tick in range(1, 121):
+            await trio.sleep(0.1)
+            rounds = tick // 10
+            monitor.heard("busy")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(traffic)
+        with trio.move_on_after(12.05):
+            await monitor.run()  # rounds at 1 s .. 12 s
+        nursery.cancel_scope.cancel()
+    quiet = [r for p, r in pinged if p == "quiet"]
+    busy = [r for p, r in pinged if p == "busy"]
+    assert len(quiet) == 12  # every round
+    assert len(busy) == 12 // PING_BUSY_ROUNDS  # its round trip is still measured
+    assert stats.extra["pings_skipped_busy"] == 12 - len(busy)
+    assert "busy" in monitor.rtt_ms
