@@ -43,6 +43,9 @@ class ConsensusByzContext:
 class ConsensusBehaviour:
     name: ClassVar[str] = "honest"
     serves_sync: ClassVar[bool] = True
+    follows_vote_hub: ClassVar[bool] = True
+    """False: its engine sends every vote to every member, never through the round's hub
+    (`consensus.vote_hub`): routing is a courtesy a Byzantine member need not pay."""
 
     def __init__(self, ctx: ConsensusByzContext) -> None:
         self.ctx = ctx
@@ -112,7 +115,10 @@ class Replay(ConsensusBehaviour):
 
 
 class _Equivocator(ConsensusBehaviour):
-    """Signs a second statement for a slot it already signed, for half of the members."""
+    """Signs a second statement for a slot it already signed, for half of the members. It
+    sends to every member itself: through a hub, only the hub would get a version."""
+
+    follows_vote_hub = False
 
     def _twin_vote(self, vote: Vote) -> bytes:
         other = NIL if vote.block_hash != NIL else self.ctx.rng.randbytes(32)

@@ -32,7 +32,7 @@ import heapq
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from consensus.bft.block import decode_block
 from consensus.bft.messages import BlockBatch, CommittedBlock
 from consensus.bft.tendermint import BftConfig, Persist, Statement
 from consensus.chain import Chain
+from consensus.committee import COMMITTEE_SIZE_MAX
 from consensus.engine import (
     ClientTx,
     CommitBlock,
@@ -570,7 +571,11 @@ class ConsensusSimulator:
         forgot = fresh and self._gen[v] > 0
         local = EPOCH_MS + t // US + self._skew[v]
         decode = self._shared_decode if self._share else None
-        return ConsensusEngine(chain, self.identities[v], self._engine_cfg, local,
+        cfg = self._engine_cfg
+        behaviour = CONSENSUS_BYZANTINE.get(self.byzantine.get(v, ""))
+        if behaviour is not None and not behaviour.follows_vote_hub:
+            cfg = replace(cfg, vote_hub_from=COMMITTEE_SIZE_MAX + 1)
+        return ConsensusEngine(chain, self.identities[v], cfg, local,
                                restored=list(store.statements), forgot_votes=forgot,
                                decode_statement_fn=decode)  # fmt: skip
 

@@ -23,7 +23,7 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
 NAMED = [
     "consensus-basic", "consensus-leader-crash", "consensus-partition",
     "consensus-equivocation", "consensus-byzantine-voters", "consensus-lossy",
-    "consensus-wiped-disk",
+    "consensus-wiped-disk", "consensus-hub-byzantine",
 ]  # fmt: skip
 
 
