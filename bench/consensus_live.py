@@ -9,9 +9,11 @@ round-robin over the users (nonces tracked here, a refused nonce reissued), each
 raw bytes to a random node's /tx, with a bounded number of requests in flight. Commits are
 learnt by following one node's chain: long-polling /status?wait_height=H and reading
 /block/<h>, whose "txs" lists the committed transaction ids (SHA-256 of the bytes sent).
-Figures are taken over the measuring window after a warm-up: offered and committed tx/s,
-latency from submission to commit seen at the followed node (p50, p99), blocks/s, txs/block,
-refusals by code, CPU% and RSS per node process, the whole machine's busy CPU and the load
+Figures are taken over the measuring window after a warm-up: offered and committed tx/s
+(committed counts only the load generator's transactions, in blocks seen in the window; the
+nodes' own heartbeats and offers are reported apart as node_txs_per_s), latency from
+submission to commit seen at the followed node (p50, p99), blocks/s, txs/block, refusals by
+code, CPU% and RSS per node process, the whole machine's busy CPU and the load
 generator's own CPU.
 
 Everything shares one machine: on 2 cores the node processes and the load generator
@@ -270,8 +272,9 @@ class Phase:
     refused: Counter[str] = field(default_factory=Counter)
     commits: dict[str, float] = field(default_factory=dict)
     """tx id -> time its block was first seen committed at the followed node."""
-    blocks: list[tuple[float, int, int]] = field(default_factory=list)
-    """(seen, height, txs) of every block committed while following."""
+    blocks: list[tuple[float, int, int, int]] = field(default_factory=list)
+    """(seen, height, txs, of which ours) of every block committed while following: the
+    others are the nodes' own (heartbeats, offers), counted apart."""
     load_done: bool = False
     cpu: dict[str, Any] = field(default_factory=dict)
 
@@ -390,9 +393,11 @@ async def follow_chain(phase: Phase, port: int, height: int, drain_s: float) -> 
                 code, block = await http(port, "GET", f"/block/{h}")
                 if code != 200:
                     break
+                ours = 0
                 for tx_id in block["txs"]:
                     phase.commits.setdefault(tx_id, seen)
-                phase.blocks.append((seen, h, len(block["txs"])))
+                    ours += tx_id in phase.sent
+                phase.blocks.append((seen, h, len(block["txs"]), ours))
                 height = h
         except (OSError, trio.TooSlowError, ValueError, KeyError):
             await trio.sleep(0.1)  # the node is unreachable for a moment: retry, bounded above
@@ -534,7 +539,8 @@ def figures(n: int, phase: Phase) -> dict[str, Any]:
     start, end = phase.window
     window = end - start
     in_window = [b for b in phase.blocks if start <= b[0] < end]
-    committed = sum(k for _, _, k in in_window)
+    committed = sum(ours for _, _, _, ours in in_window)
+    all_txs = sum(k for _, _, k, _ in in_window)
     lat = np.array(
         [
             phase.commits[t] - s
@@ -549,13 +555,14 @@ def figures(n: int, phase: Phase) -> dict[str, Any]:
         "target_offered_tx_per_s": phase.rate,
         "offered_tx_per_s": round(offered / window, 1),
         "committed_tx_per_s": round(committed / window, 1),
+        "node_txs_per_s": round((all_txs - committed) / window, 1),
         "commit_p50_ms": round(1000 * float(np.percentile(lat, 50))) if lat.size else None,
         "commit_p99_ms": round(1000 * float(np.percentile(lat, 99))) if lat.size else None,
         "commit_max_ms": round(1000 * float(lat.max())) if lat.size else None,
         "accepted_in_window": accepted_in_window,
         "uncommitted_in_window": accepted_in_window - int(lat.size),
         "blocks_per_s": round(len(in_window) / window, 2),
-        "txs_per_block": round(committed / len(in_window), 1) if in_window else 0.0,
+        "txs_per_block": round(all_txs / len(in_window), 1) if in_window else 0.0,
         "refused": dict(sorted(phase.refused.items())),
         "refused_total": sum(phase.refused.values()),
         "window_s": round(window, 1),
@@ -667,7 +674,8 @@ def main() -> int:
                     f"(target {r['target_offered_tx_per_s']:g}): committed "
                     f"{r['committed_tx_per_s']:>6} tx/s, p50 {r['commit_p50_ms']} ms, "
                     f"p99 {r['commit_p99_ms']} ms, {r['blocks_per_s']} blocks/s x "
-                    f"{r['txs_per_block']} txs, refused {r['refused_total']} {r['refused']}, "
+                    f"{r['txs_per_block']} txs (nodes' own {r['node_txs_per_s']} tx/s), "
+                    f"refused {r['refused_total']} {r['refused']}, "
                     f"uncommitted {r['uncommitted_in_window']}, CPU/node "
                     f"{r.get('cpu_percent_per_node_mean')}% (max "
                     f"{r.get('cpu_percent_per_node_max')}%), loadgen "

@@ -79,8 +79,9 @@ SLOT_HEIGHTS_KEPT = 16
 """Heights back for which first statements are kept to catch equivocation in late relays."""
 VERIFIED_MAX = 8_192
 """Verified statements remembered by their bytes (a few MiB at most)."""
-REFORWARD_HEIGHTS = 2
-"""A client transaction not committed this many heights after we forwarded it goes again."""
+FORWARD_BATCH_MAX = 1_000
+FORWARD_BATCH_BYTES = 512 * 1024
+"""Transactions and bytes per forwarded frame (a backlog goes as several frames)."""
 
 __all__ = [
     "ClientTx",
@@ -149,7 +150,8 @@ class ConsensusEngine(App):
         Bounded by VERIFIED_MAX (cleared when full)."""
         self._relay: list[bytes] = []
         self._next_relay_ms = now_ms + config.bft.rebroadcast_ms
-        self._forward: list[bytes] = []
+        self._forward: dict[bytes, None] = {}
+        """Client transactions to forward at the next tick, in order, each once."""
         self._next_forward_ms = 0
         self._client_pending: dict[bytes, int] = {}
         """Client transactions we forwarded and have not seen committed -> the height we
@@ -167,6 +169,9 @@ class ConsensusEngine(App):
         self.machine: HeightMachine | None = None
         self._hub: VoteHub | None = None
         """This height's vote routing (`consensus.vote_hub`); None: all-to-all."""
+        self._witness: list[bytes] = []
+        """With a hub: the first proposal and hub-signed votes of each slot this height, sent
+        to the next proposer as the height ends (`consensus.vote_hub`)."""
         self._now = now_ms
         self._new_height(now_ms)
 
@@ -261,6 +266,8 @@ class ConsensusEngine(App):
             else:
                 if self._hub is not None and signed.signer != self.me:
                     self._hub_receives(now_ms, signed, env, first_of_slot=False)
+                    if first_of_slot and signed.signer == self._hub.hub_of(rec.round):
+                        self._witness.append(env)
                 self.machine.on_vote(signed, env, now_ms)
             self._drain(now_ms)
             return
@@ -285,8 +292,12 @@ class ConsensusEngine(App):
         if signed.signer != self.me and env not in self._seen:
             self._seen.add(env)
             self._relay.append(env)
-            if self._hub is not None and isinstance(rec, Vote):
-                self._hub_receives(now_ms, signed, env, first_of_slot=first_of_slot)
+            hub = self._hub
+            if hub is not None:
+                if isinstance(rec, Vote):
+                    self._hub_receives(now_ms, signed, env, first_of_slot=first_of_slot)
+                if first_of_slot and signed.signer == hub.hub_of(rec.round):
+                    self._witness.append(env)  # its proposal or its own vote
         if isinstance(rec, Vote):
             m.on_vote(signed, env, now_ms)
         elif isinstance(rec, Proposal) and block is not None:
@@ -370,6 +381,11 @@ class ConsensusEngine(App):
         self._seen = set()
         self._reforward()
         committee = self.chain.committee
+        if self._witness:
+            to = committee.leader_for(h)
+            if to != self.me and to in committee:
+                self._relay_to_members_of([to], self._witness[:RELAY_MAX])
+            self._witness = []
         self._hub = (
             VoteHub(committee, h, self.me, self.config.hub_flush_ms)
             if committee.size >= self.config.vote_hub_from and self.me in committee
@@ -456,10 +472,12 @@ class ConsensusEngine(App):
 
     def _on_time(self, now_ms: int) -> None:
         if self._forward and now_ms >= self._next_forward_ms:
-            frame = encode_frame(TAG_TXS, TxBatch(tuple(self._forward)).encode())
-            self._forward = []
-            for member in self._forward_targets():
-                self._ready.actions.append(SendFrame(member, frame))
+            txs, self._forward = list(self._forward), {}
+            targets = self._forward_targets()
+            for chunk in _chunks(txs, FORWARD_BATCH_MAX, FORWARD_BATCH_BYTES):
+                frame = encode_frame(TAG_TXS, TxBatch(chunk).encode())
+                for member in targets:
+                    self._ready.actions.append(SendFrame(member, frame))
             self._next_forward_ms = now_ms + self.config.tx_forward_ms
         hub = self._hub
         if hub is not None and now_ms >= hub.flush_at_ms:
@@ -515,7 +533,7 @@ class ConsensusEngine(App):
                 raise
             return
         if client:  # members' batches went to the proposers already
-            self._forward.append(data)
+            self._forward[data] = None
             if len(self._client_pending) < self.mempool.capacity:
                 self._client_pending[data] = self.chain.height
 
@@ -549,7 +567,8 @@ class ConsensusEngine(App):
         hub = self._hub
         assert hub is not None
         self._seen.add(env)
-        to = hub.route(vote)
+        slow = now_ms - self.last_commit_ms >= self.config.bft.rebroadcast_ms
+        to = None if vote.round > 0 or slow else hub.route(vote)
         if to is None:
             self._to_members(encode_frame(TAG_VOTE, env))
         elif to != self.me:
@@ -564,10 +583,12 @@ class ConsensusEngine(App):
         forwarded to the hub if it came straight to us, is the first for its slot that we
         hold, and its sender bypassed the hub (an equivocator's second version meets the
         first there)."""
-        hub, vote = self._hub, signed.record
+        hub, vote, m = self._hub, signed.record, self.machine
         assert hub is not None and isinstance(vote, Vote)
         if vote.block_hash == NIL or vote.height != hub.height:
             return
+        if m is not None and vote.round > m.round + self.config.bft.rounds_ahead_max:
+            return  # the machine ignores it too; holding it would only grow the hub
         if hub.is_hub_for(vote):
             if hub.collect(env, signed.signer, vote, now_ms):
                 self._relay_to_members(hub.take())
@@ -579,6 +600,11 @@ class ConsensusEngine(App):
         for i in range(0, len(statements), RELAY_MAX):
             batch = tuple(statements[i : i + RELAY_MAX])
             self._to_members(encode_frame(TAG_RELAY, Relay(batch).encode()))
+
+    def _relay_to_members_of(self, members: list[bytes], statements: list[bytes]) -> None:
+        frame = encode_frame(TAG_RELAY, Relay(tuple(statements)).encode())
+        for member in members:
+            self._ready.actions.append(SendFrame(member, frame))
 
     def _report(self, found: EvidenceFound, slot: tuple[Any, ...] | None = None) -> None:
         """Turn equivocation into a slashing transaction signed by us (once per offence)."""
@@ -605,16 +631,18 @@ class ConsensusEngine(App):
     # -- small helpers ----------------------------------------------------------------------
 
     def _reforward(self) -> None:
-        """Client transactions forwarded REFORWARD_HEIGHTS or more heights ago and still not
-        committed go again, to the proposers now ahead: the ones we picked may have proposed
-        before our batch reached them (we lagged, or they were quick). Without this such a
-        transaction waited for a block of our own, n heights away."""
+        """Client transactions still not committed once every proposer we sent them to has
+        had its height (more than `tx_forward_leaders` heights on) go again, to the proposers
+        now ahead: the ones we picked may have proposed before our batch reached them (we
+        lagged, or they were quick). Without this such a transaction waited for a block of
+        our own, n heights away. Runs once per height applied (many when syncing); the
+        forward set holds each transaction once, so a backlog is never multiplied."""
         h = self.chain.height
         for data, at in list(self._client_pending.items()):
             if not self.mempool.holds(data):
                 del self._client_pending[data]
-            elif h - at >= REFORWARD_HEIGHTS:
-                self._forward.append(data)
+            elif h - at > self.config.tx_forward_leaders:
+                self._forward[data] = None
                 self._client_pending[data] = h
 
     def _forward_targets(self) -> list[bytes]:
@@ -665,3 +693,20 @@ class ConsensusEngine(App):
             "last_commit_ms": self.last_commit_ms,
             "counts": dict(sorted(self.counts.items())),
         }
+
+
+def _chunks(items: list[bytes], count_max: int, bytes_max: int) -> list[tuple[bytes, ...]]:
+    """`items` in order, cut into runs of at most `count_max` items and `bytes_max` bytes
+    (an item larger than `bytes_max` goes alone)."""
+    out: list[tuple[bytes, ...]] = []
+    run: list[bytes] = []
+    size = 0
+    for item in items:
+        if run and (len(run) >= count_max or size + len(item) > bytes_max):
+            out.append(tuple(run))
+            run, size = [], 0
+        run.append(item)
+        size += len(item)
+    if run:
+        out.append(tuple(run))
+    return out

@@ -20,7 +20,7 @@ class EngineConfig:
     """With nothing to order, the proposer still proposes after this long: blocks mark time
     (epochs, unbonding) and show the committee is alive."""
     tx_forward_ms: int = 100
-    """Transactions clients hand us are forwarded to the other members in batches this often."""
+    """Transactions clients hand us are forwarded in batches this often..."""
     tx_forward_leaders: int = 2
     """...to the proposers of this many views ahead (0: to every member; see
     `ConsensusEngine._forward_targets`)."""
@@ -33,7 +33,7 @@ class EngineConfig:
     future_statements_max: int = 4_096
     vote_hub_from: int = 8
     """Committees of at least this many members route block votes through the round's
-    proposer (`consensus.vote_hub`): about 5n frames a height instead of 2n^2. Below it,
+    proposer (`consensus.vote_hub`): about 6n frames a height instead of 2n^2. Below it,
     all-to-all costs little and saves the extra hop."""
     hub_flush_ms: int = 200
     """How long a hub holds the votes of a slot that has no quorum yet before relaying them

@@ -76,7 +76,8 @@ scripts/perf/README.md lists it); an operator's own setting wins."""
 
 
 async def _close_host(host: IHost) -> None:
-    """`host.close()`, shielded and bounded; a second call finds nothing left to close."""
+    """`host.close()`, shielded and bounded. It runs twice on the way out (inside and
+    outside the pubsub service); libp2p makes the second a no-op."""
     with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
         await host.close()
 

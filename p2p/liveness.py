@@ -5,10 +5,11 @@ misses `ping_misses_max` pings in a row is dropped (LIBP2P_NOTES.md). The transp
 the round trip, the peer set and the drop, so this part holds no libp2p types and the adapter
 module stays small.
 
-A peer that answered one of our requests during the last interval (the transport calls
-`heard`) is alive without a ping: it is pinged only every PING_BUSY_ROUNDS intervals, to keep
-its round-trip time fresh. Committee members exchange frames all the time, and at 16 members
-on 2 cores the pings were as many frames as the transactions' forwarding.
+A peer that answered one of our requests on a kept stream during the last interval (the
+transport calls `heard`; consensus frames travel that way) is alive without a ping: it is
+pinged only every PING_BUSY_ROUNDS intervals, to keep its round-trip time fresh. Committee
+members exchange frames all the time, and at 16 members on 2 cores the pings were as many
+frames as the transactions' forwarding.
 """
 
 from __future__ import annotations

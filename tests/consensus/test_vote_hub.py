@@ -6,16 +6,31 @@ votes sent around the hub still meet and get their signer slashed."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
-from consensus.bft.messages import TAG_TXS, TAG_VOTE, decode_frame, encode_frame
-from consensus.bft.votes import NIL, Vote, VoteKind
+from consensus.bft.block import decode_block
+from consensus.bft.messages import (
+    TAG_PROPOSAL,
+    TAG_RELAY,
+    TAG_TXS,
+    TAG_VOTE,
+    TxBatch,
+    decode_frame,
+    encode_frame,
+    encode_proposal_frame,
+    split_proposal_payload,
+)
+from consensus.bft.tendermint import BftConfig
+from consensus.bft.votes import NIL, Vote, VoteKind, decode_statement
 from consensus.committee import Committee
 from consensus.engine import FrameIn, SendFrame
 from consensus.engine_types import EngineConfig
 from consensus.vote_hub import NEVER_MS, VoteHub
+from p2p.wire import sign
 from tests.consensus.conftest import (
+    CHAIN_ID,
     Net,
     fast_config,
     make_genesis,
@@ -79,6 +94,12 @@ def test_block_votes_go_to_the_hub_and_come_back_relayed() -> None:
     # a block vote travels only to a proposer of the height it belongs to
     proposers = {committee.leader_for(x) for x in range(h + 1, h + 5)}
     assert {to for _, to in direct_votes} <= proposers
+    # ...which relays the votes to every member
+    relays = [(s, to) for s, to, tag in seen if tag == TAG_RELAY]
+    everyone = {o.public_key for o in OPS}
+    hubs = {s for s, _ in relays} & proposers
+    # (members also send the next proposer their witness: a relay to one member)
+    assert any({to for s, to in relays if s == hub} == everyone - {hub} for hub in hubs)
 
 
 def test_a_silent_hub_costs_rounds_not_agreement() -> None:
@@ -115,6 +136,69 @@ def test_conflicting_votes_sent_around_the_hub_get_their_signer_slashed() -> Non
     net.deliver_all()
     net.run_until(lambda: all(n.chain.state.is_jailed(bad.public_key) for n in net.nodes.values()))
     net.assert_same_head()
+
+
+def test_a_proposer_that_sends_one_member_another_block_is_slashed() -> None:
+    """The proposer is the hub, so its two proposals never meet there: each member sends
+    the next proposer what it held as the height ends (the witness)."""
+    bft = BftConfig(timeout_propose_ms=600, timeout_propose_delta_ms=200, timeout_vote_ms=300,
+                    timeout_vote_delta_ms=100, rebroadcast_ms=1_000)  # fmt: skip
+    net = Net(genesis(), OPS, config=fast_config(vote_hub_from=8, bft=bft), seed=1)
+    net.run_until(net.all_at_least(2))
+    ids = {o.public_key: o for o in OPS}
+    h = net.nodes[OPS[0].public_key].height + 1
+    leader = net.nodes[OPS[0].public_key].chain.committee.leader_for(h)
+    victim = next(o.public_key for o in OPS if o.public_key != leader)
+    twins = []
+
+    def mutate(sender: bytes, act: SendFrame) -> bytes:
+        if sender != leader or act.to != victim or twins:
+            return act.frame
+        tag, payload = decode_frame(act.frame)
+        if tag != TAG_PROPOSAL:
+            return act.frame
+        env, block_bytes, _ = split_proposal_payload(payload)
+        prop = decode_statement(env, CHAIN_ID).record
+        if prop.height != h or prop.round != 0:
+            return act.frame
+        twin_block = replace(decode_block(block_bytes), time_ms=prop.height + 10**9, txs=())
+        twin = replace(prop, block_hash=twin_block.block_hash())
+        twins.append(twin)
+        return encode_proposal_frame(
+            sign(twin, ids[leader], CHAIN_ID).encode(), twin_block.encode()
+        )
+
+    net.mutate = mutate
+    net.run_until(lambda: all(n.chain.state.is_jailed(leader) for n in net.nodes.values()))
+    assert twins
+    net.assert_same_head()
+
+
+def test_a_cut_off_member_with_a_backlog_catches_up_and_forwards_each_tx_once() -> None:
+    """Many blocks synced in one step must not multiply the client backlog it re-forwards."""
+    ops = members(4, "rf")
+    net = Net(make_genesis(ops, U, params=make_params(committee_size=4)), ops,
+              config=fast_config(empty_block_ms=20), seed=1)  # fmt: skip
+    net.run_until(net.all_at_least(2))
+    lag = ops[3].public_key
+    net.isolated.add(lag)
+    for n in range(100):
+        net.submit(lag, transfer(U[n % 2], n // 2, SINK))
+    others = [o.public_key for o in ops[:3]]
+    net.run_until(lambda: min(net.heights(others)) >= 150, max_ms=120_000, step_ms=20)
+    batches: list[int] = []
+
+    def tap(sender: bytes, act: SendFrame) -> None:
+        tag, payload = decode_frame(act.frame)
+        if sender == lag and tag == TAG_TXS:
+            batches.append(len(TxBatch.decode(payload, max_bytes=len(payload)).txs))
+
+    net.tap = tap
+    net.isolated.clear()
+    net.run_until(lambda: all(n.chain.state.balance(SINK) == 100 for n in net.nodes.values()),
+                  max_ms=60_000, step_ms=20)  # fmt: skip
+    net.assert_same_head()
+    assert batches and max(batches) <= 100
 
 
 def test_client_transactions_go_to_the_next_proposers_only() -> None:
@@ -158,6 +242,25 @@ def test_the_hub_relays_a_slot_at_its_quorum_and_late_votes_with_the_next_batch(
     assert not hub.collect(b"f", voters[1], w, 1_050)
     assert hub.collect(b"g", voters[2], w, 1_060)
     assert hub.take() == [b"d", b"e", b"f", b"g"]
+
+
+def test_votes_for_a_junk_block_do_not_trigger_the_hubs_batch() -> None:
+    ids = members(10, "hub-junk")
+    committee = Committee(tuple(i.public_key for i in ids), (1,) * 10, 10)
+    hub = VoteHub(committee, 5, committee.leader_for(5), flush_ms=200)
+    voters = [i.public_key for i in ids]
+    junk, block = (
+        Vote(5, 0, VoteKind.PREVOTE, b"\x0f" * 32),
+        Vote(5, 0, VoteKind.PREVOTE, b"\x01" * 32),
+    )
+    for k in range(3):  # three Byzantine members vote for a hash nobody proposed
+        assert not hub.collect(b"j%d" % k, voters[k], junk, 1_000)
+    for k in range(3, 9):
+        assert not hub.collect(b"b%d" % k, voters[k], block, 1_000)
+    assert hub.collect(b"b9", voters[9], block, 1_000)  # 7 of 10 for one block: the quorum
+    assert not hub.collect(b"j0x", voters[0], replace(junk, block_hash=b"\x0e" * 32), 1_001)
+    assert not hub.collect(b"j0y", voters[0], replace(junk, block_hash=b"\x0d" * 32), 1_002)
+    assert b"j0y" not in hub.take()  # a third version of one slot is not held
 
 
 @pytest.mark.parametrize(
