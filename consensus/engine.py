@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from consensus.bft.block import Block, block_hash_of, decode_block
+from consensus.bft.machine_types import Step
 from consensus.bft.mempool import Mempool
 from consensus.bft.messages import (
     RELAY_MAX,
@@ -237,6 +238,9 @@ class ConsensusEngine(App):
             elif tag == TAG_TXS:
                 for tx in TxBatch.decode(payload, max_bytes=len(payload)).txs:
                     self._admit(tx)
+                if self.machine is not None and len(self.mempool):
+                    self.machine.nudge(now_ms)  # a proposer waiting for something proposes now
+                    self._drain(now_ms)
             elif tag == TAG_BLOCKS:
                 self._on_blocks(now_ms, sender, payload)
             elif tag == TAG_BATCH and not nested:
@@ -650,15 +654,18 @@ class ConsensusEngine(App):
         `tx_forward_leaders` views after the current one (the next round's or height's
         first), not every member. The others verify them when they see them in a proposal,
         so a copy to each member bought nothing but frames: at n = 16 with clients spread
-        over the members, every transaction cost 15 of them. The current view's proposer is
-        skipped: it proposes as its height starts, so a batch reaching it later waits for
-        the next block anyway. A transaction that none of those proposers includes goes
-        again (`_reforward`) and at worst into a block of ours."""
+        over the members, every transaction cost 15 of them. The current view's proposer gets
+        them too only while we still wait for its proposal: under load it proposes as its
+        height starts, so a batch reaching it later waits for the next block anyway; on an
+        idle chain it waits up to `empty_block_ms` for something to order, and a forwarded
+        batch makes it propose at once. A transaction that none of those proposers includes
+        goes again (`_reforward`) and at worst into a block of ours."""
         committee = self.chain.committee
         k = self.config.tx_forward_leaders
         if k == 0 or k >= committee.size - 1:
             return [m for m in committee.members if m != self.me]
-        view = self.chain.height + 1 + (self.machine.round if self.machine is not None else 0)
+        m = self.machine
+        view = self.chain.height + 1 + (m.round if m is not None else 0)
         out: list[bytes] = []
         for i in range(1, committee.size + 1):
             leader = committee.leader_for(view + i)
@@ -666,6 +673,9 @@ class ConsensusEngine(App):
                 out.append(leader)
                 if len(out) == k:
                     break
+        current = committee.leader_for(view)
+        if m is not None and m.step == Step.PROPOSE and current != self.me and current not in out:
+            out.append(current)
         return out
 
     def _to_members(self, frame: bytes) -> None:

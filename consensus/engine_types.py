@@ -22,8 +22,8 @@ class EngineConfig:
     tx_forward_ms: int = 100
     """Transactions clients hand us are forwarded in batches this often..."""
     tx_forward_leaders: int = 2
-    """...to the proposers of this many views ahead (0: to every member; see
-    `ConsensusEngine._forward_targets`)."""
+    """...to the proposers of this many views ahead, and to the current one while we still
+    wait for its proposal (0: to every member; see `ConsensusEngine._forward_targets`)."""
     sync_interval_ms: int = 1_000
     clock_drift_max_ms: int = 10_000
     snapshot_every: int = 10

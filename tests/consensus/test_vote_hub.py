@@ -205,17 +205,28 @@ def test_client_transactions_go_to_the_next_proposers_only() -> None:
     net = Net(genesis(), OPS, config=fast_config(vote_hub_from=8, tx_forward_leaders=3), seed=3)
     net.run_until(net.all_at_least(2))
     forwards: list[tuple[bytes, bytes]] = []
+    outside: list[bytes] = []
 
     def tap(sender: bytes, act: SendFrame) -> None:
         if decode_frame(act.frame)[0] == TAG_TXS:
             forwards.append((sender, act.to))
+            engine = net.nodes[sender].engine  # its state when it chose the targets
+            view = engine.chain.height + 1 + (engine.machine.round if engine.machine else 0)
+            committee, near = engine.chain.committee, {engine.chain.committee.leader_for(view)}
+            for i in range(1, 10):  # the first 3 other than the sender after the current view
+                if len(near - {committee.leader_for(view)}) < 3:
+                    near |= {committee.leader_for(view + i)} - {sender}
+            if act.to not in near:
+                outside.append(act.to)
 
     net.tap = tap
     entry = OPS[0].public_key
     net.submit(entry, transfer(U[0], 0, SINK))
     net.run_until(lambda: all(n.chain.state.balance(SINK) == 1 for n in net.nodes.values()))
-    assert 1 <= len(forwards) <= 3
+    # the next 3 proposers, and the current one while the entry still waits for its proposal
+    assert 1 <= len(forwards) <= 4
     assert all(sender == entry and to != entry for sender, to in forwards)
+    assert outside == []
 
 
 def test_the_hub_relays_a_slot_at_its_quorum_and_late_votes_with_the_next_batch() -> None:
