@@ -269,9 +269,7 @@ class ConsensusEngine(App):
                 self.machine.on_relayed_proposal(signed, env)
             else:
                 if self._hub is not None and signed.signer != self.me:
-                    self._hub_receives(now_ms, signed, env, first_of_slot=False)
-                    if first_of_slot and signed.signer == self._hub.hub_of(rec.round):
-                        self._witness.append(env)
+                    self._hub_receives(now_ms, signed, env, first_of_slot, direct=False)
                 self.machine.on_vote(signed, env, now_ms)
             self._drain(now_ms)
             return
@@ -296,12 +294,8 @@ class ConsensusEngine(App):
         if signed.signer != self.me and env not in self._seen:
             self._seen.add(env)
             self._relay.append(env)
-            hub = self._hub
-            if hub is not None:
-                if isinstance(rec, Vote):
-                    self._hub_receives(now_ms, signed, env, first_of_slot=first_of_slot)
-                if first_of_slot and signed.signer == hub.hub_of(rec.round):
-                    self._witness.append(env)  # its proposal or its own vote
+            if self._hub is not None:
+                self._hub_receives(now_ms, signed, env, first_of_slot, direct=True)
         if isinstance(rec, Vote):
             m.on_vote(signed, env, now_ms)
         elif isinstance(rec, Proposal) and block is not None:
@@ -386,9 +380,9 @@ class ConsensusEngine(App):
         self._reforward()
         committee = self.chain.committee
         if self._witness:
-            to = committee.leader_for(h)
+            to = committee.leader_for(h)  # this height's first proposer
             if to != self.me and to in committee:
-                self._relay_to_members_of([to], self._witness[:RELAY_MAX])
+                self._relay_to(to, self._witness[:RELAY_MAX])
             self._witness = []
         self._hub = (
             VoteHub(committee, h, self.me, self.config.hub_flush_ms)
@@ -572,7 +566,7 @@ class ConsensusEngine(App):
         assert hub is not None
         self._seen.add(env)
         slow = now_ms - self.last_commit_ms >= self.config.bft.rebroadcast_ms
-        to = None if vote.round > 0 or slow else hub.route(vote)
+        to = hub.route(vote, slow=slow)
         if to is None:
             self._to_members(encode_frame(TAG_VOTE, env))
         elif to != self.me:
@@ -581,34 +575,35 @@ class ConsensusEngine(App):
             self._relay_to_members(hub.take())
 
     def _hub_receives(
-        self, now_ms: int, signed: Signed[Any], env: bytes, *, first_of_slot: bool
+        self, now_ms: int, signed: Signed[Any], env: bytes, first_of_slot: bool, *, direct: bool
     ) -> None:
-        """A member's vote for a block, new to us: held for relay if we are its round's hub;
-        forwarded to the hub if it came straight to us, is the first for its slot that we
-        hold, and its sender bypassed the hub (an equivocator's second version meets the
-        first there)."""
+        """A member's statement, new to us. What the hub signed (its proposal, its votes) goes
+        into our witness when it is the first we hold for its slot. A vote for a block is held
+        for relay if we are its round's hub, or forwarded to the hub if it came straight to
+        us, is the first for its slot that we hold, and its sender bypassed the hub (an
+        equivocator's second version meets the first there)."""
         hub, vote, m = self._hub, signed.record, self.machine
-        assert hub is not None and isinstance(vote, Vote)
-        if vote.block_hash == NIL or vote.height != hub.height:
+        assert hub is not None
+        if first_of_slot and signed.signer == hub.hub_of(vote.round):
+            self._witness.append(env)
+        if not isinstance(vote, Vote) or vote.block_hash == NIL or vote.height != hub.height:
             return
         if m is not None and vote.round > m.round + self.config.bft.rounds_ahead_max:
             return  # the machine ignores it too; holding it would only grow the hub
         if hub.is_hub_for(vote):
             if hub.collect(env, signed.signer, vote, now_ms):
                 self._relay_to_members(hub.take())
-        elif first_of_slot and signed.signer != hub.hub_of(vote.round):
-            frame = encode_frame(TAG_RELAY, Relay((env,)).encode())
-            self._ready.actions.append(SendFrame(hub.hub_of(vote.round), frame))
+        elif direct and first_of_slot and signed.signer != hub.hub_of(vote.round):
+            self._relay_to(hub.hub_of(vote.round), [env])
 
     def _relay_to_members(self, statements: list[bytes]) -> None:
         for i in range(0, len(statements), RELAY_MAX):
             batch = tuple(statements[i : i + RELAY_MAX])
             self._to_members(encode_frame(TAG_RELAY, Relay(batch).encode()))
 
-    def _relay_to_members_of(self, members: list[bytes], statements: list[bytes]) -> None:
+    def _relay_to(self, member: bytes, statements: list[bytes]) -> None:
         frame = encode_frame(TAG_RELAY, Relay(tuple(statements)).encode())
-        for member in members:
-            self._ready.actions.append(SendFrame(member, frame))
+        self._ready.actions.append(SendFrame(member, frame))
 
     def _report(self, found: EvidenceFound, slot: tuple[Any, ...] | None = None) -> None:
         """Turn equivocation into a slashing transaction signed by us (once per offence)."""

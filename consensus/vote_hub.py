@@ -53,9 +53,12 @@ class VoteHub:
         """The proposer of `round_` at this height (the machine's view is height + round)."""
         return self.committee.leader_for(self.height + round_)
 
-    def route(self, vote: Vote) -> bytes | None:
-        """Where our fresh vote goes: the hub, or None for every member (nil votes)."""
-        return None if vote.block_hash == NIL else self.hub_of(vote.round)
+    def route(self, vote: Vote, *, slow: bool) -> bytes | None:
+        """Where our fresh vote goes: the hub, or None for every member (a nil vote, a vote of
+        a round after the first, or any vote once the height is `slow`)."""
+        if vote.block_hash == NIL or vote.round > 0 or slow:
+            return None
+        return self.hub_of(vote.round)
 
     def is_hub_for(self, vote: Vote) -> bool:
         return self.hub_of(vote.round) == self.me

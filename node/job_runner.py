@@ -53,7 +53,7 @@ from consensus.ledger.market_records import (
 from consensus.ledger.state import LedgerState
 from consensus.ledger.tx import LedgerTx
 from consensus.market.verify import result_commitment
-from node.anomaly import find_anomalies, samples_from_state
+from node.anomaly import anomalies_among, samples_from_state
 from node.blobs import PROTOCOL_BLOB, BlobStore
 from node.chain_service import ChainService, account_of, peer_of
 from node.job_exec import JobParamsError, execute, output_digest
@@ -270,8 +270,8 @@ class JobRunner:
         me = self.identity.public_key
         # The samples are read here, on the trio thread: the next block changes the ledger
         # state in place, so a worker thread must not walk it. Only the numpy part goes out.
-        samples = [s for s in samples_from_state(state) if s.node != me]
-        found = await trio.to_thread.run_sync(find_anomalies, samples)
+        samples = samples_from_state(state)
+        found = await trio.to_thread.run_sync(anomalies_among, samples, (me,))
         self._flagged = {k for k in self._flagged if k[1] == state.epoch}
         for anomaly in found:
             key = (anomaly.node, state.epoch)

@@ -49,7 +49,7 @@ async def read_exactly(stream: FrameStream, size: int, limit: int, have: bytes =
 
 
 async def read_frame_from(stream: FrameStream, limit: int, first: bytes) -> bytes:
-    """The rest of a frame whose first bytes (`first`, 1 to 4 of them) were read already.
+    """The rest of a frame whose first bytes (`first`, up to 4 of them) were read already.
 
     A server that keeps a stream for request after request waits for a next request's first
     bytes with no deadline of its own, then reads the rest of it under the request deadline."""
@@ -62,7 +62,4 @@ async def read_frame_from(stream: FrameStream, limit: int, first: bytes) -> byte
 
 async def read_frame(stream: FrameStream, limit: int) -> bytes:
     """A u32 big-endian length then the payload; the length is checked before any allocation."""
-    first = await stream.read(FRAME_HEADER.size)
-    if not first:
-        raise FrameError("stream ended after 0 bytes", FRAME_HEADER.size, limit)
-    return await read_frame_from(stream, limit, first)
+    return await read_frame_from(stream, limit, b"")

@@ -10,7 +10,7 @@ from consensus.ledger.job_records import SPOT_DUE, SPOT_SKIPPED, JobStatus
 from consensus.ledger.liveness import is_watched
 from consensus.ledger.market_records import FlagNode
 from consensus.ledger.params import MarketParams
-from node.anomaly import Sample, anomalies_in, find_anomalies
+from node.anomaly import Sample, anomalies_among, find_anomalies, samples_from_state
 from tests.market.test_job_lifecycle import FEE, NODES, OUTSIDER, Market, offered_market
 
 QUIET = LedgerParams(
@@ -57,9 +57,9 @@ def test_the_detector_reads_settled_jobs_from_the_ledger() -> None:
     m = offered_market(params=QUIET)
     for _ in range(6):
         run_job(m, slow=2, factor=8)  # node 2 takes 8x as long as its A100 peers
-    found = anomalies_in(m.state)
+    found = anomalies_among(samples_from_state(m.state))
     assert [a.node for a in found] == [NODES[2].public_key]
-    assert anomalies_in(m.state, exclude=(NODES[2].public_key,)) == []
+    assert anomalies_among(samples_from_state(m.state), exclude=(NODES[2].public_key,)) == []
 
 
 def test_a_flag_puts_every_job_of_the_node_under_audit() -> None:
