@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from p2p.announcements import (
     TOPIC_CAPACITY,
     AnnouncementBook,
+    Book,
     BookConfig,
     CapacityAnnouncement,
     GpuSpec,
@@ -164,11 +165,17 @@ class NodeCore:
     """One node's protocol state. Drive it with `step`; never mutate it from outside.
 
     `decode` (default: `decode_announcement` for our chain) must behave exactly like it; the
-    simulator passes a memoising one.
+    simulator passes a memoising one. `book` (default: a fresh `AnnouncementBook`) must answer
+    like one; the simulator passes a row of its shared book table.
     """
 
     def __init__(
-        self, identity: Identity, config: CoreConfig, *, decode: AnnouncementDecoder | None = None
+        self,
+        identity: Identity,
+        config: CoreConfig,
+        *,
+        decode: AnnouncementDecoder | None = None,
+        book: Book | None = None,
     ) -> None:
         self.identity = identity
         self.config = config
@@ -176,7 +183,9 @@ class NodeCore:
         self._decode: AnnouncementDecoder = decode or (
             lambda data: decode_announcement(data, chain_id)
         )
-        self.book = AnnouncementBook(config.chain_id, config.book)
+        self.book: Book = (
+            book if book is not None else AnnouncementBook(config.chain_id, config.book)
+        )
         self.peers: set[PeerId] = set()
         self._addrs: tuple[str, ...] = ()
         self._seq = 0

@@ -13,6 +13,7 @@ import functools
 import heapq
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
+from typing import Protocol
 
 from p2p.errors import BadSignature, DecodeError
 from p2p.wire import (
@@ -177,6 +178,21 @@ def decode_announcement(data: bytes, chain_id: bytes) -> Signed[CapacityAnnounce
     return decode_signed(
         data, chain_id=chain_id, expect=CapacityAnnouncement, max_bytes=ANNOUNCEMENT_BYTES_MAX
     )
+
+
+class Book(Protocol):
+    """What a node's core needs of its book. `AnnouncementBook` is the book; a simulator may
+    give its cores another implementation with the same answers (sim_harness.book_table)."""
+
+    def __len__(self) -> int: ...
+    def offer(self, signed: Signed[CapacityAnnouncement], now_ms: int) -> Verdict: ...
+    def expire(self, now_ms: int) -> list[bytes]: ...
+    def next_expiry_ms(self) -> int | None: ...
+    def covers(self, node_ids: Set[bytes], now_ms: int) -> bool: ...
+    def get(self, node_id: bytes) -> CapacityAnnouncement | None: ...
+    def signed(self, node_id: bytes) -> Signed[CapacityAnnouncement] | None: ...
+    def live(self, now_ms: int) -> list[CapacityAnnouncement]: ...
+    def totals(self, now_ms: int) -> SupplyTotals: ...
 
 
 class AnnouncementBook:

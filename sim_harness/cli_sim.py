@@ -147,8 +147,12 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
             sim = f"{now_ms / 1000:.0f}/{end_ms / 1000:.0f} s"
             bar.update(task, completed=now_ms, total=end_ms, sim=sim)
 
+        extra = {"per_delivery": True} if args.per_delivery else {}
+        if extra and scenario.consensus is not None:
+            _line(err, "sim: --per-delivery applies to gossip scenarios, not consensus ones")
+            return 2
         try:
-            result = simulator_for(scenario, seed, progress=on_progress).run()
+            result = simulator_for(scenario, seed, progress=on_progress, **extra).run()
         except Exception:  # our bug: crash loudly, but leave the way back to it first
             _line(err, f"sim: seed {seed} crashed; replay: {replay_command(args.scenario, seed)}")
             raise
@@ -276,6 +280,12 @@ def add_sim_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     r.add_argument("--report", metavar="DIR", help="write metrics.json, plots and index.html")
     r.add_argument("--json", action="store_true", help="print one JSON object last")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--per-delivery",
+        action="store_true",
+        help="step a node's core for every gossip delivery (slow; one trace record each) "
+        "instead of writing each message into every book at once",
+    )
     r.set_defaults(func=cmd_sim_run)
     s = sim.add_parser("sweep", help="run a scenario under many seeds in parallel")
     s.add_argument("scenario", metavar="SCENARIO.toml")

@@ -351,17 +351,30 @@ class LinkKnobs:
     bandwidth_mbps: int = 100
 
 
-@dataclass
 class Spread:
     """Where one message landed: first arrivals in (time, node) order, extra copies, and what
-    became of the hops that did not land."""
+    became of the hops that did not land. Arrivals are held as two arrays (`times`, `nodes`)
+    so that a simulator can hand a thousand of them to a book table at once."""
 
-    arrivals: list[tuple[int, int]]
-    duplicates: list[tuple[int, int]]
-    rejected: int = 0
-    lost: int = 0
-    blocked: int = 0
-    down: int = 0
+    def __init__(self, arrivals: list[tuple[int, int]], duplicates: list[tuple[int, int]]) -> None:
+        self.times, self.nodes = _columns(arrivals)
+        self.dup_times, self.dup_nodes = _columns(duplicates)
+        self.rejected = self.lost = self.blocked = self.down = 0
+
+    @property
+    def arrivals(self) -> list[tuple[int, int]]:
+        return list(zip(self.times.tolist(), self.nodes.tolist(), strict=True))
+
+    @property
+    def duplicates(self) -> list[tuple[int, int]]:
+        return list(zip(self.dup_times.tolist(), self.dup_nodes.tolist(), strict=True))
+
+
+def _columns(pairs: list[tuple[int, int]]) -> tuple[IntArray, IntArray]:
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    both = np.array(pairs, np.int64)
+    return both[:, 0].copy(), both[:, 1].copy()
 
 
 class Network:
@@ -387,7 +400,18 @@ class Network:
         settled = [nodes.settled(v) for v in range(mesh.n)]
         self._settle_ms = [s[0] for s in settled]
         self._final_up = [s[1] for s in settled]
+        self._down_till_settled = [len(d) == 1 and d[0][0] == 0 for d in nodes.down]
+        """Nodes whose one planned down span starts the run (not booted yet): before they
+        settle they are down, with no need to search their spans."""
         self._has_skew = [bool(s) for s in nodes.skews]
+        self._loss_possible = any(bool((s.loss > 0).any()) for s in links.states)
+        self._no_coins: FloatArray = np.ones(len(mesh.targets), np.float64)
+        self.vectorised = True
+        """Spread with `WaveSpreader` where it gives the exact answer (tests switch it off to
+        compare the two passes)."""
+        from sim_harness.wave import WaveSpreader  # it builds on this module's types
+
+        self._wave = WaveSpreader(mesh, links, nodes)
 
     # -- link state queries ---------------------------------------------------------------------
 
@@ -412,6 +436,7 @@ class Network:
             e = self.mesh.edge(a, b)
             if e is not None:
                 self.severed[e] = True
+        self._wave.severed_version += 1
 
     def latency_sample(self, u: int, v: int) -> int:
         """Base latency of a mesh link (for tests and reports)."""
@@ -430,6 +455,8 @@ class Network:
         if k.reorder > 0:
             late = rng.random(e_count) < k.reorder
             delay = delay + np.where(late, rng.integers(1, k.reorder_ms + 1, e_count), 0)
+        if not self._loss_possible:  # no hop of this run can be lost: no coins to toss
+            return delay, self._no_coins
         return delay, rng.random(e_count)
 
     def _weights(self, delay: IntArray, coin: FloatArray, epoch: int) -> list[int]:
@@ -444,6 +471,18 @@ class Network:
         true time [lo, hi) in which a node's validator passes it (shifted by each node's clock
         skew); None means no validator passes it."""
         delay, coin = self._draw(size_bytes)
+        out = None
+        if self.vectorised:
+            out = self._wave.spread(src, t0, delay, coin, self.severed, accept)
+        if out is None:
+            out = self._spread_hop_by_hop(src, t0, delay, coin, accept)
+        self._duplicates(out)
+        return out
+
+    def _spread_hop_by_hop(
+        self, src: int, t0: int, delay: IntArray, coin: FloatArray, accept: tuple[int, int] | None
+    ) -> Spread:
+        """The model's definition, one hop at a time; `WaveSpreader` must agree with it."""
         links, nodes = self.links, self.nodes
         epoch = links.at(t0)
         cache = {epoch: self._weights(delay, coin, epoch)}
@@ -452,7 +491,9 @@ class Network:
         lo, hi = accept if accept is not None else (NEVER_MS, -NEVER_MS)
         off, tg, silent = self._offsets, self._targets, nodes.silent_from
         settle, final_up, has_skew = self._settle_ms, self._final_up, self._has_skew
-        out = Spread([], [])
+        booting = self._down_till_settled
+        arrivals: list[tuple[int, int]] = []
+        lost = blocked = down = rejected = 0
         best = [NEVER_MS] * self.mesh.n
         best[src] = t0
         heap = [(t0, src)]
@@ -465,9 +506,9 @@ class Network:
             if u != src:
                 local = t + nodes.skew_at(u, t) if has_skew[u] else t
                 if not lo <= local < hi:
-                    out.rejected += 1
+                    rejected += 1
                     continue
-                out.arrivals.append((t, u))
+                arrivals.append((t, u))
                 if t >= silent[u]:
                     continue
             if t >= epoch_end:  # the message outlived the link state it started in
@@ -480,45 +521,49 @@ class Network:
                 w = weights[e]
                 if w < 0:
                     if w == LOST:
-                        out.lost += 1
+                        lost += 1
                     else:
-                        out.blocked += 1
+                        blocked += 1
                     continue
                 v = tg[e]
                 ta = t + w
                 if ta >= best[v]:
                     continue
-                if not (nodes.up(v, ta) if ta < settle[v] else final_up[v]):
-                    out.down += 1
+                up = (not booting[v] and nodes.up(v, ta)) if ta < settle[v] else final_up[v]
+                if not up:
+                    down += 1
                     continue
                 best[v] = ta
                 heapq.heappush(heap, (ta, v))
-        self._duplicates(out)
+        out = Spread(arrivals, [])
+        out.rejected, out.lost, out.blocked, out.down = rejected, lost, blocked, down
         return out
 
     def _duplicates(self, out: Spread) -> None:
         k = self.knobs
-        if k.duplicate <= 0 or not out.arrivals:
+        n = len(out.times)
+        if k.duplicate <= 0 or not n:
             return
-        n = len(out.arrivals)
         again = self.rng.random(n) < k.duplicate
         gap = self.rng.integers(1, k.jitter_ms + 2, n)
-        out.duplicates = [(t + int(gap[i]), v) for i, (t, v) in enumerate(out.arrivals) if again[i]]
+        out.dup_times, out.dup_nodes = (out.times + gap)[again], out.nodes[again]
 
     def direct(self, src: int, t0: int, size_bytes: int) -> Spread:
         """One hop to each mesh neighbour, no validator and no forwarding: a hostile peer
         writing straight to its neighbours' streams."""
         delay, coin = self._draw(size_bytes)
         weights = self._weights(delay, coin, self.links.at(t0))
-        out = Spread([], [])
+        arrivals: list[tuple[int, int]] = []
+        lost = blocked = down = 0
         for e in range(self._offsets[src], self._offsets[src + 1]):
             w, v = weights[e], self._targets[e]
             if w < 0:
-                out.lost += w == LOST
-                out.blocked += w == BLOCKED
+                lost += w == LOST
+                blocked += w == BLOCKED
             elif not self.nodes.up(v, t0 + w):
-                out.down += 1
+                down += 1
             else:
-                out.arrivals.append((t0 + w, v))
-        out.arrivals.sort()
+                arrivals.append((t0 + w, v))
+        out = Spread(sorted(arrivals), [])
+        out.lost, out.blocked, out.down = lost, blocked, down
         return out

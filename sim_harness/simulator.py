@@ -13,9 +13,18 @@ digests every final book.
 
 Each node's clock reads `EPOCH_MS + true time + its skew`; its peers are its mesh neighbours
 while the link and the neighbour are up (PeerUp/PeerDown follow crashes, restarts, cuts and
-heals); what its core publishes goes to `network.Network.spread`, which schedules one
-delivery per node reached. Crash drops the core (the persisted dict survives; disk loss
-wipes it too), restart builds a fresh core, pause stops a node stepping and receiving.
+heals); what its core publishes goes to `network.Network.spread`, which gives the first
+arrival at every node reached. A valid message an honest node publishes is then written into
+every receiver's book at once (`book_table.BookTable.add_wave`; each core reads its own row
+through `RowBook`), because all a core does with it is file it by the book's own rule; a
+node the plan ever makes Byzantine, a book still waiting for an earlier message of the same
+origin, and every second copy get an ordinary delivery event, a step of that node's core.
+`per_delivery=True` (`gpumesh sim run --per-delivery`) steps a core for every delivery, as
+a real node would be; tests/sim/test_determinism.py runs both and demands the same books,
+convergence, checker verdicts and message counts.
+
+Crash drops the core (the persisted dict survives; disk loss wipes it too), restart builds a
+fresh core, pause stops a node stepping and receiving.
 After `duration` the safety phase ends: the network heals, crashed nodes restart, paused
 ones resume, clocks are set right, and the liveness phase must converge by the end.
 
@@ -54,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from node.core import (
     CoreConfig,
@@ -68,6 +78,7 @@ from node.core import (
 )
 from p2p.announcements import (
     TOPIC_CAPACITY,
+    BookConfig,
     CapacityAnnouncement,
     check_announcement,
     decode_announcement,
@@ -75,6 +86,7 @@ from p2p.announcements import (
 from p2p.errors import DecodeError
 from p2p.identity import Identity
 from p2p.wire import Signed
+from sim_harness.book_table import BookTable, RowBook
 from sim_harness.byzantine import BYZANTINE, Behaviour, ByzContext
 from sim_harness.checkers import CHECKERS, Checker, Verdict, incomplete_books
 from sim_harness.faults import (
@@ -96,7 +108,14 @@ from sim_harness.faults import (
     next_state,
     plan_faults,
 )
-from sim_harness.network import LinkKnobs, LinkSchedule, Network, NodeSchedule, build_mesh
+from sim_harness.network import (
+    LinkKnobs,
+    LinkSchedule,
+    Network,
+    NodeSchedule,
+    Spread,
+    build_mesh,
+)
 from sim_harness.scenario import Scenario
 
 EPOCH_MS = 1_700_000_000_000
@@ -119,16 +138,18 @@ CRASHES_KEPT_MAX = 1_000
     SYNC,
     DIAL,
     DISCONNECT,
-) = range(13)
+    WAVE,
+) = range(14)
 KIND_NAMES = ("deliver", "tick", "fault", "boot", "sample", "load", "observe", "phase_end",
-              "publish", "direct", "peer", "dial", "disconnect")  # fmt: skip
+              "publish", "direct", "peer", "dial", "disconnect", "wave")  # fmt: skip
 """Trace record kinds; sample, observe and phase_end are never traced (they only read)."""
 TICK_INPUT = Tick()
 NEVER = 1 << 62
 
 
-def replay_command(scenario: Scenario, seed: int) -> str:
-    return f"gpumesh sim run {shlex.quote(scenario.path or scenario.name)} --seed {seed}"
+def replay_command(scenario: Scenario, seed: int, *, per_delivery: bool = False) -> str:
+    tail = " --per-delivery" if per_delivery else ""
+    return f"gpumesh sim run {shlex.quote(scenario.path or scenario.name)} --seed {seed}{tail}"
 
 
 def result_json(r: Any) -> dict[str, Any]:
@@ -160,7 +181,10 @@ def result_of(
         seed=sim.seed, scenario_name=sc.name, scenario_path=sc.path or sc.name,
         nodes=len(sim.names), sim_ms=sim.end_ms, wall_s=wall_s, events=sim.events,
         trace_sha256=trace_sha, state_sha256=sim.state_digest(), checkers=verdicts,
-        ok=all(v.ok for v in verdicts.values()), replay_command=replay_command(sc, sim.seed),
+        ok=all(v.ok for v in verdicts.values()),
+        replay_command=replay_command(
+            sc, sim.seed, per_delivery=getattr(sim, "per_delivery", False)
+        ),
         metrics=metrics, trace=sim.trace,
     )  # fmt: skip
 
@@ -220,11 +244,13 @@ def derive_seed(seed: int, *labels: str | int) -> int:
 
 @dataclass(slots=True)
 class _Msg:
-    """A message in flight: what each node it reaches is handed, and when it was sent."""
+    """A message in flight: what each node it reaches is handed, when it was sent, and how
+    many messages were sent before it (deliveries due at one instant go in that order)."""
 
     gossip: GossipIn
     t0: int
     digest: int
+    order: int
 
 
 _Event = tuple[int, int, Any, int]
@@ -241,6 +267,7 @@ class Simulator:
         *,
         keep_trace: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        per_delivery: bool = False,
     ) -> None:
         sc = self.scenario = scenario
         self.seed, self.progress = seed, progress
@@ -289,6 +316,8 @@ class Simulator:
         """First deliveries handed to a core so far, and the latency sampling stride."""
         self._copies = 0
         """Duplicate and direct copies handed to a core."""
+        self._sent = 0
+        """Messages sent so far (published or direct)."""
         self._convergence: list[tuple[int, float]] = []
         self._faults_log: list[tuple[int, str]] = []
         self.events = 0
@@ -296,6 +325,12 @@ class Simulator:
         self._rec: array[int] = array("q")
         self.trace: list[str] | None = [] if keep_trace else None
         self.checkers: dict[str, Checker] = {c: CHECKERS[c]() for c in sc.checkers}
+        self.table = self._book_table(per_delivery)
+        self.per_delivery = per_delivery
+        self._exact_row = np.zeros(n, np.bool_)
+        """Receivers that take every delivery through their core: any node the plan ever
+        makes Byzantine (its behaviour sees every input)."""
+        self._exact_row[list(self.byzantine)] = True
         self._schedule_start(boots)
 
     # -- setup ----------------------------------------------------------------------------------
@@ -314,6 +349,16 @@ class Simulator:
             }  # fmt: skip
             out += [by_region[g.regions[i % len(g.regions)]] for i in range(g.count)]
         return out
+
+    def _book_table(self, per_delivery: bool) -> BookTable | None:
+        """The shared book table, unless every delivery must be a core step: asked for, or
+        books the table cannot stand for (configs that differ, runs past 2**30 ms)."""
+        book = self._configs[0].book if self._configs else None
+        if per_delivery or book is None or self.end_ms >= 2**30:
+            return None
+        if any(c.book != book for c in self._configs) or len(self.names) > book.entries_max:
+            return None
+        return BookTable(self._pub, book)
 
     def _plan_faults(self) -> tuple[Fault, ...]:
         return plan_for(self.scenario, self.seed, tuple(sorted(BYZANTINE)))
@@ -384,9 +429,11 @@ class Simulator:
     def _loop(self) -> None:
         times, buckets, end = self._times, self._buckets, self.end_ms
         deliver, tick, other = self._deliver, self._tick, self._other
+        # without a table, an empty one takes the clock, so the loop need not ask each time
+        table = self.table if self.table is not None else BookTable([], BookConfig())
         while times and times[0] <= end:
             t = heapq.heappop(times)
-            self.now_ms = t
+            self.now_ms = table.now = t
             for kind, v, a, b in buckets.pop(t):
                 if kind == DELIVER:
                     deliver(t, v, a, b)
@@ -394,19 +441,31 @@ class Simulator:
                     tick(t, v, a)
                 else:
                     other(t, kind, v, a)
-        self.now_ms = end
+        self.now_ms = table.now = end
 
     def _other(self, t: int, kind: int, v: int, a: int) -> None:
         if kind == FAULT:
             self._fault(t, a)
         elif kind == BOOT:
             self._lifecycle(t, v, "boot")
-        elif kind == SAMPLE:
-            self._sample(t)
         elif kind == LOAD:
             self._load(t, v)
         elif kind == SYNC:
             self._sync(t, v)
+        elif self.table is None:
+            self._read_only(t, kind, a)
+        else:
+            # Queued before the run, these read before any delivery due at the same instant
+            # (a delivery is queued later), so the book table must not show those yet.
+            self.table.reading_first = True
+            try:
+                self._read_only(t, kind, a)
+            finally:
+                self.table.reading_first = False
+
+    def _read_only(self, t: int, kind: int, a: int) -> None:
+        if kind == SAMPLE:
+            self._sample(t)
         elif kind == PHASE_END:
             for checker in self.checkers.values():
                 checker.on_phase_end(self)
@@ -492,7 +551,15 @@ class Simulator:
             self._lat_seen += 1
             if not self._lat_seen % self._lat_stride:
                 self._keep_latency(t - msg.t0)
-        self._step(t, v, msg.gossip, DELIVER, msg.digest)
+        table = self.table
+        if table is None:
+            self._step(t, v, msg.gossip, DELIVER, msg.digest)
+            return
+        table.handing = msg.order
+        try:
+            self._step(t, v, msg.gossip, DELIVER, msg.digest)
+        finally:
+            table.handing = NEVER
 
     def _tick(self, t: int, v: int, gen: int) -> None:
         if gen != self._gen[v] or self._tick_at[v] != t:
@@ -506,18 +573,20 @@ class Simulator:
     def _publish(self, t: int, v: int, data: bytes) -> None:
         beh = self._beh[v]
         if beh is None:
-            self._gossip(t, v, data)
+            self._gossip(t, v, data, self.table is not None)
             return
         out = beh.on_publish(EPOCH_MS + t + self._skew[v], data)
         for d in out.publish:
-            self._gossip(t, v, d)
+            self._gossip(t, v, d, False)
         for d in out.direct:
             self._direct(t, v, d)
 
-    def _gossip(self, t: int, v: int, data: bytes) -> None:
+    def _gossip(self, t: int, v: int, data: bytes, wave: bool) -> None:
         """Spread one message; every node's validator is the real check, applied at the
-        node's own clock, on the message decoded and verified once."""
-        window = None
+        node's own clock, on the message decoded and verified once. With `wave`, a valid
+        message goes into the book table for every receiver it can (`_wave`)."""
+        window: tuple[int, int] | None = None
+        signed: Signed[CapacityAnnouncement] | None = None
         try:
             signed = self._decode(data)
         except DecodeError:
@@ -531,15 +600,48 @@ class Simulator:
                 )
         spread = self.network.spread(v, t, len(data), window)
         msg = self._new_msg(t, v, data)
-        self._push_deliveries(spread.arrivals, msg, 1)
-        self._push_deliveries(spread.duplicates, msg, 0)
+        if wave and window is not None and signed is not None:
+            self._wave(t, v, msg, signed, spread)
+        else:
+            self._push_deliveries(spread.arrivals, msg, 1)
+            self._push_deliveries(spread.duplicates, msg, 0)
         c = self.counts
-        for key, k in (("published", 1), ("reached", len(spread.arrivals)),
-                       ("duplicated", len(spread.duplicates)), ("lost", spread.lost),
+        for key, k in (("published", 1), ("reached", len(spread.times)),
+                       ("duplicated", len(spread.dup_times)), ("lost", spread.lost),
                        ("blocked", spread.blocked), ("rejected_by_validator", spread.rejected),
                        ("dropped_at_down_node", spread.down)):  # fmt: skip
             c[key] = c.get(key, 0) + k
-        self._record(t, PUBLISH, v, msg.digest, len(spread.arrivals), spread.rejected)
+        self._record(t, PUBLISH, v, msg.digest, len(spread.times), spread.rejected)
+
+    def _wave(
+        self, t: int, v: int, msg: _Msg, signed: Signed[CapacityAnnouncement], spread: Spread
+    ) -> None:
+        """Hand a valid message to every receiver's book at once: the book table takes the
+        receivers whose core would only have filed it, and the rest (nodes ever Byzantine,
+        cells still waiting for an earlier message of the same origin, and every second copy)
+        get ordinary delivery events. What arrives after the end of the run is never
+        delivered."""
+        table = self.table
+        assert table is not None
+        keep = spread.times <= self.end_ms
+        times, rows = spread.times[keep], spread.nodes[keep]
+        exact = self._exact_row[rows]
+        mid = table.message(signed)
+        tr, tt = rows[~exact], times[~exact]
+        waiting = table.add_wave(mid, t, msg.order, tr, tt)
+        if waiting.any():  # those cells take this message through their core
+            late = np.zeros(len(self.names), np.bool_)
+            late[tr[waiting]] = True
+            exact |= late[rows]
+            tr, tt = tr[~waiting], tt[~waiting]
+        if exact.any():
+            late_ones = zip(times[exact].tolist(), rows[exact].tolist(), strict=True)
+            self._push_deliveries(list(late_ones), msg, 1)
+        if len(spread.dup_times):
+            self._push_deliveries(spread.duplicates, msg, 0)
+        self._keep_latencies(tt - t)
+        digest = hashlib.sha256(tt.tobytes() + tr.tobytes()).digest()
+        self._record(t, WAVE, v, msg.digest, len(tr), int.from_bytes(digest[:7], "big"))
 
     def _direct(self, t: int, v: int, data: bytes) -> None:
         spread = self.network.direct(v, t, len(data))
@@ -550,7 +652,8 @@ class Simulator:
 
     def _new_msg(self, t: int, v: int, data: bytes) -> _Msg:
         digest = int.from_bytes(hashlib.sha256(data).digest()[:7], "big")
-        return _Msg(GossipIn(TOPIC_CAPACITY, data, self._peer[v]), t, digest)
+        self._sent += 1
+        return _Msg(GossipIn(TOPIC_CAPACITY, data, self._peer[v]), t, digest, self._sent)
 
     def _push_deliveries(self, arrivals: list[tuple[int, int]], msg: _Msg, first: int) -> None:
         """`_push` for every node a message reaches, inlined: this is the hot loop."""
@@ -616,10 +719,15 @@ class Simulator:
             for name, count in core.verdict_counts.items() if core else ():
                 self._retired_verdicts[name] = self._retired_verdicts.get(name, 0) + count
             self._cores[v], self._tick_at[v] = None, NEVER
+            if self.table is not None:
+                self.table.wipe(v)
             self._gen[v] += 1
             self._record(t, BOOT, v, -1)
         elif runs and not ran:  # a fresh process from identity and persisted state
-            self._cores[v] = NodeCore(self.identities[v], self._configs[v], decode=self._decode)
+            book = RowBook(self.table, v) if self.table is not None else None
+            self._cores[v] = NodeCore(
+                self.identities[v], self._configs[v], decode=self._decode, book=book
+            )
             self._gen[v] += 1
             self._tick_at[v] = NEVER
             self._record(t, BOOT, v, 1)
@@ -664,14 +772,31 @@ class Simulator:
             self._latency = self._latency[::2]
             self._lat_stride *= 2
 
+    def _keep_latencies(self, ms: npt.NDArray[np.int64]) -> None:
+        """`_keep_latency` for a wave's first deliveries: every stride-th delivery counted
+        over the run, decimated as the list fills (the same uniform sample)."""
+        seen, stride = self._lat_seen, self._lat_stride
+        self._lat_seen = seen + len(ms)
+        first = (-(seen + 1)) % stride  # the index of the first delivery numbered k * stride
+        self._latency.extend(ms[first::stride].tolist())
+        while len(self._latency) >= LATENCY_SAMPLES_MAX:
+            self._latency = self._latency[::2]
+            self._lat_stride *= 2
+
     def _sample(self, t: int) -> None:
         live = [i for i in self.honest if self._state[i] == BOOTED]
-        keys = frozenset(self._pub[i] for i in live)
         complete = 0
-        for i in live:
-            core = self._cores[i]
-            if core is not None and core.book.covers(keys, EPOCH_MS + t + self._skew[i]):
-                complete += 1
+        if self.table is not None:
+            rows = [i for i in live if self._cores[i] is not None]
+            local = np.array([EPOCH_MS + t + self._skew[i] for i in rows], np.int64)
+            cols = np.array(live, np.int64)
+            complete = int(np.count_nonzero(self.table.covers_rows(rows, cols, local)))
+        else:
+            keys = frozenset(self._pub[i] for i in live)
+            for i in live:
+                core = self._cores[i]
+                if core is not None and core.book.covers(keys, EPOCH_MS + t + self._skew[i]):
+                    complete += 1
         self._convergence.append((t, complete / len(live) if live else 1.0))
         for checker in self.checkers.values():
             checker.on_sample(self)
@@ -699,6 +824,8 @@ class Simulator:
         messages = dict(self.counts, delivered=self._lat_seen, delivered_copies=self._copies)
         messages = dict(sorted(messages.items()))
         verdict_counts = dict(self._retired_verdicts)
+        for name, count in self.table.verdicts.items() if self.table is not None else ():
+            verdict_counts[name] = verdict_counts.get(name, 0) + count
         for core in self._cores:
             for name, count in core.verdict_counts.items() if core else ():
                 verdict_counts[name] = verdict_counts.get(name, 0) + count

@@ -267,6 +267,21 @@ def test_a_failure_prints_a_replay_command_that_reproduces_it() -> None:
     assert replay_line(replay.stdout) == command
 
 
+def test_per_delivery_runs_end_in_the_same_state_and_replay_with_the_flag(
+    small_run: tuple[dict[str, Any], Path],
+) -> None:
+    doc, _ = small_run
+    proc = gpumesh("sim", "run", SMALL, "--seed", "7", "--per-delivery", "--json")
+    assert proc.returncode == 0, proc.stderr
+    step = last_json(proc)
+    assert step["state_sha256"] == doc["state_sha256"]  # the same books at the end
+    assert step["trace_sha256"] != doc["trace_sha256"]  # one trace record per delivery
+    assert step["events"] > doc["events"]
+    assert step["replay"] == f"gpumesh sim run {SMALL} --seed 7 --per-delivery"
+    again = gpumesh(*shlex.split(step["replay"])[1:], "--json")
+    assert last_json(again)["trace_sha256"] == step["trace_sha256"]
+
+
 def test_without_seed_the_scenario_seed_is_used_and_printed() -> None:
     proc = gpumesh("sim", "run", FAILING, "--json", "--no-progress")
     doc = last_json(proc)
