@@ -52,7 +52,7 @@ from consensus.ledger.market_records import (
 )
 from consensus.ledger.state import LedgerState
 from consensus.ledger.tx import LedgerTx
-from consensus.market.verify import result_commitment
+from consensus.market.verify import result_commitment, result_token
 from node.anomaly import anomalies_among, samples_from_state
 from node.blobs import PROTOCOL_BLOB, BlobStore
 from node.chain_service import ChainService, account_of, peer_of
@@ -208,7 +208,8 @@ class JobRunner:
                 if stored is not None:
                     commitment = result_commitment(job, me, stored.digest, stored.salt)
                     await self._send_once(state, job, "commit", CommitResult, job_id=job,
-                                          commitment=commitment)  # fmt: skip
+                                          commitment=commitment,
+                                          token=result_token(job, stored.digest))  # fmt: skip
                 elif job not in self._running:
                     self._running.add(job)
                     nursery.start_soon(self._execute, job, record)

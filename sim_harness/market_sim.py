@@ -42,7 +42,7 @@ from consensus.ledger.liveness import is_down
 from consensus.ledger.market_records import CommitResult, Heartbeat, OfferCapacity, RevealResult
 from consensus.ledger.params import MarketParams
 from consensus.ledger.tx import LedgerTx, Tx
-from consensus.market.verify import result_commitment
+from consensus.market.verify import result_commitment, result_token
 from p2p.announcements import GpuSpec
 from p2p.identity import Identity
 from p2p.wire import sign
@@ -423,7 +423,9 @@ class MarketSim:
             if b in ("wrong", "lazy"):
                 self._fault(node, job)
             commitment = result_commitment(job, node.key, digest, salt)
-            return self._tx(node.ident, CommitResult, job_id=job, commitment=commitment)
+            token = result_token(job, digest)
+            return self._tx(node.ident, CommitResult, job_id=job, commitment=commitment,
+                            token=token)  # fmt: skip
         if status == JobStatus.REVEALING and not replica.revealed:
             if b == "withhold":
                 self._fault(node, job)

@@ -9,8 +9,11 @@ pool, which pays its delegators pro rata (as rewards do). What the escrow does n
 refunded to the submitter. The losing minority of a MAJORITY verdict is slashed and jailed
 when the replicas that committed blind (before any digest of the job was public) agree on
 the winning digest by a strict majority: their revealed digests and commitments are all in
-the job's record, so any node can re-check the evidence. A TIE asks for one more replica
-(up to `tie_breakers_max`), and with none left the job fails and is refunded.
+the job's record, so any node can re-check the evidence. Commitments carry tokens of their
+digests (`verify.result_token`), so a split is known while every digest is hidden: replicas
+whose tokens tie draw one more replica before anyone reveals, and it commits blind too (with
+k = 2, the wrong one of a 1-1 split is slashed). A TIE of the revealed digests asks for one
+more replica (up to `tie_breakers_max`); with none left the job fails and is refunded.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from consensus.ledger.market_records import CommitResult, Replica, RevealResult
 from consensus.ledger.params import BPS
 from consensus.ledger.staking import Effect
 from consensus.ledger.state import PROTOCOL_ACCOUNT, LedgerState, Liveness
-from consensus.market.verify import Outcome, Verdict, result_commitment, verdict
+from consensus.market.verify import Outcome, Verdict, result_commitment, result_token, verdict
 
 MS_PER_HOUR = 3_600_000
 MS_PER_MILLI_HOUR = 3_600
@@ -63,11 +66,21 @@ def _commit(
         raise InvalidTransaction(TxCode.ALREADY_DONE, "this replica has already committed")
 
     def effect() -> None:
-        replicas = _with(record, replace(mine, commitment=tx.commitment))
+        replicas = _with(record, replace(mine, commitment=tx.commitment, token=tx.token))
         updated = replace(record, replicas=replicas)
         heard_from(state, sender, ctx.height)
         if not all(r.committed for r in replicas):
             state.jobs[tx.job_id] = updated
+        elif (
+            verdict([(r.node, r.token) for r in replicas]).outcome == Outcome.TIE
+            and record.tie_breakers < state.params.market.tie_breakers_max
+        ):
+            # The tokens split with no majority, every digest still hidden: one more
+            # replica now commits blind, and the majority it makes may slash.
+            state.jobs[tx.job_id] = replace(
+                updated, status=JobStatus.PENDING, tie_breakers=record.tie_breakers + 1,
+                phase_height=ctx.height,
+            )  # fmt: skip
         elif not record.spot_check and (
             state.params.market.spot_check_permille
             or any(is_watched(state, r.node) for r in replicas)
@@ -92,6 +105,8 @@ def _reveal(
         raise InvalidTransaction(
             TxCode.BAD_REVEAL, "digest and salt do not open this replica's commitment"
         )
+    if result_token(tx.job_id, tx.digest) != mine.token:
+        raise InvalidTransaction(TxCode.BAD_REVEAL, "the digest does not match the committed token")
 
     def effect() -> None:
         heard_from(state, sender, ctx.height)

@@ -64,21 +64,25 @@ class OfferCapacity(LedgerTx):
 @dataclass(frozen=True)
 class CommitResult(LedgerTx):
     """A replica's commitment to its result: `verify.result_commitment(job, node, digest,
-    salt)`. Accepted only from a replica of the job while the job collects commitments."""
+    salt)`, and the digest's token `verify.result_token(job, digest)` (replicas that disagree
+    are found before any digest is public). Accepted only from a replica of the job while the
+    job collects commitments."""
 
     KIND = 19
-    VERSION = 1
+    VERSION = 2
 
     job_id: bytes = wire_field(Blob(JOB_ID_BYTES, JOB_ID_BYTES))
     commitment: bytes = wire_field(Blob(COMMITMENT_BYTES, COMMITMENT_BYTES))
+    token: bytes = wire_field(Blob(DIGEST_BYTES, DIGEST_BYTES))
 
 
 @register
 @dataclass(frozen=True)
 class RevealResult(LedgerTx):
-    """Open the commitment: the result's canonical digest, the salt, and the measured
-    runtime (billing uses the least runtime among the winning replicas, so inflating one's
-    own earns nothing). Accepted only once every replica has committed."""
+    """Open the commitment: the result's canonical digest (it must match the committed
+    token), the salt, and the measured runtime (billing uses the winners' median runtime,
+    `job_results.billed_ms`, so one replica inflating its own moves the bill no further than
+    the median). Accepted only once every replica has committed."""
 
     KIND = 20
     VERSION = 1
@@ -140,6 +144,8 @@ class Replica(Struct):
     assigned_height: int = wire_field(UInt())
     commitment: bytes = wire_field(Blob(COMMITMENT_BYTES), b"")
     """b"" until committed."""
+    token: bytes = wire_field(Blob(DIGEST_BYTES), b"")
+    """The token committed with it (b"" until committed)."""
     digest: bytes = wire_field(Blob(DIGEST_BYTES), b"")
     """b"" until revealed."""
     runtime_ms: int = wire_field(UInt(RUNTIME_MS_MAX), 0)

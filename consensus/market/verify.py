@@ -7,6 +7,13 @@ own commitment. A lazy node therefore cannot copy another's digest: by the time 
 public its own commitment is already fixed, and a commitment made before any digest was
 public can only open to a digest the node knew then.
 
+A commitment travels with the digest's token, `result_token(job, digest)`: equal results give
+equal tokens, so the ledger learns that replicas disagree while every digest is still hidden.
+It then draws the tie-breaker at once, and that replica commits blind too, so the majority
+it makes can slash the minority (with k = 2, a split is always 1-1). A token opens nothing:
+a replica must still reveal a digest that opens its own commitment and matches its token,
+and finding a digest for a copied token means computing the result.
+
 The verdict (`verdict`) is a pure function of the revealed digests:
 - every digest equal: AGREED, all replicas win;
 - one digest held by a strict majority: MAJORITY, its holders win and the others are the
@@ -31,6 +38,7 @@ from dataclasses import dataclass
 DIGEST_BYTES = 32
 SALT_BYTES = 32
 COMMIT_DOMAIN = b"gpumesh/result-commit/v1"
+TOKEN_DOMAIN = b"gpumesh/result-token/v1"
 
 
 def result_commitment(job_id: bytes, node: bytes, digest: bytes, salt: bytes) -> bytes:
@@ -39,6 +47,14 @@ def result_commitment(job_id: bytes, node: bytes, digest: bytes, salt: bytes) ->
     if len(digest) != DIGEST_BYTES or len(salt) != SALT_BYTES:
         raise ValueError(f"digest and salt must be {DIGEST_BYTES} and {SALT_BYTES} bytes")
     return hashlib.sha256(COMMIT_DOMAIN + job_id + node + digest + salt).digest()
+
+
+def result_token(job_id: bytes, digest: bytes) -> bytes:
+    """Equal for equal results of one job, whoever computed them; shown with the commitment.
+    Not bound to the node, so that tokens can be compared across replicas."""
+    if len(digest) != DIGEST_BYTES:
+        raise ValueError(f"a digest must be {DIGEST_BYTES} bytes")
+    return hashlib.sha256(TOKEN_DOMAIN + job_id + digest).digest()
 
 
 class Outcome(enum.IntEnum):

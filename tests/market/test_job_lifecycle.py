@@ -36,7 +36,7 @@ from consensus.ledger.market_records import (
 )
 from consensus.ledger.params import MarketParams
 from consensus.market.scheduler import Reason
-from consensus.market.verify import result_commitment
+from consensus.market.verify import result_commitment, result_token
 from p2p.announcements import GpuSpec
 from p2p.identity import Identity
 from p2p.wire import Record, sign
@@ -139,7 +139,8 @@ class Market:
 
     def commit(self, node: Identity, job: bytes, digest: bytes = RIGHT) -> None:
         commitment = result_commitment(job, node.public_key, digest, salt_of(node, job))
-        self.send(node, CommitResult, job_id=job, commitment=commitment)
+        self.send(node, CommitResult, job_id=job, commitment=commitment,
+                  token=result_token(job, digest))  # fmt: skip
 
     def reveal(self, node: Identity, job: bytes, digest: bytes = RIGHT, ms: int = 36_000) -> None:
         self.send(node, RevealResult, job_id=job, digest=digest, salt=salt_of(node, job),
@@ -341,50 +342,65 @@ def test_the_minority_of_three_is_slashed_jailed_and_unpaid() -> None:
 def tie_then_breaker(
     m: Market, breaker_digest: bytes
 ) -> tuple[bytes, Identity, Identity, Identity]:
-    """A k=2 job split 1-1 (honest RIGHT, liar WRONG), then a tie-breaker revealing
-    `breaker_digest`; returns (job, honest, liar, breaker)."""
+    """A k=2 job whose tokens split 1-1 (honest RIGHT, liar WRONG), so a tie-breaker is drawn
+    before anyone reveals; it commits to `breaker_digest`, then all three reveal. Returns
+    (job, honest, liar, breaker)."""
     job = m.submit(redundancy=2)
     m.ok()
     honest, liar = m.replicas(job)
     m.commit(honest, job)
     m.commit(liar, job, WRONG)
-    m.ok()
-    m.reveal(honest, job)
-    m.reveal(liar, job, WRONG)
-    m.ok()  # 1-1: the block step draws one more replica at once
+    m.ok()  # the tokens split: the block step draws one more replica at once
     record = m.job(job)
     assert record.status == JobStatus.ASSIGNED and record.tie_breakers == 1
+    assert not any(r.revealed for r in record.replicas)  # every digest still hidden
     (breaker,) = [n for n in m.replicas(job) if n not in (honest, liar)]
-    assert next(r for r in m.job(job).replicas if r.node == breaker.public_key).late
+    assert not next(r for r in m.job(job).replicas if r.node == breaker.public_key).late
     m.commit(breaker, job, breaker_digest)
     m.ok()
     assert m.job(job).status == JobStatus.REVEALING
-    m.reveal(breaker, job, breaker_digest)
+    for node, digest in ((honest, RIGHT), (liar, WRONG), (breaker, breaker_digest)):
+        m.reveal(node, job, digest)
     m.ok()
     return job, honest, liar, breaker
 
 
-def test_a_tie_draws_a_tie_breaker_on_a_third_operator_and_the_majority_stands() -> None:
+def test_a_split_draws_a_blind_tie_breaker_and_the_minority_is_slashed() -> None:
     m = offered_market()
+    pools = {n.public_key: m.pool(n) for n in NODES[:5]}
     job, honest, liar, breaker = tie_then_breaker(m, RIGHT)
     record = m.job(job)
     assert record.status == JobStatus.SETTLED and record.result_digest == RIGHT
     paid = {r.node for r in record.replicas if r.digest == RIGHT}
     assert paid == {honest.public_key, breaker.public_key}
     assert liar.public_key not in m.state.work_units()  # outvoted: not paid
-    # The majority rests on a replica that saw both digests before committing, so it
-    # decides the result and the pay but slashes no one (see the next test for why).
-    for node in (honest, liar, breaker):
+    # the tie-breaker committed before any digest was public: its vote slashes the liar
+    slash = pools[liar.public_key] * MARKET.wrong_result_slash_bps // BPS
+    assert m.pool(liar) == pools[liar.public_key] - slash and slash > 0
+    assert m.state.is_jailed(liar.public_key)
+    for node in (honest, breaker):
         assert m.state.operators[node.public_key].slashed_total == 0
+        assert not m.state.is_jailed(node.public_key)
 
 
-def test_a_late_replica_copying_the_wrong_digest_cannot_get_an_honest_node_slashed() -> None:
+def test_a_reveal_that_does_not_match_its_token_is_refused() -> None:
+    """A lazy replica that copies another's token cannot open it: its own commitment opens
+    only to the digest it committed, and that digest must match the token."""
     m = offered_market()
-    job, honest, _, _ = tie_then_breaker(m, WRONG)  # a lazy breaker sides wrongly
-    record = m.job(job)
-    assert record.status == JobStatus.SETTLED and record.result_digest == WRONG
-    assert m.state.operators[honest.public_key].slashed_total == 0
-    assert not m.state.is_jailed(honest.public_key)
+    job = m.submit(redundancy=2)
+    m.ok()
+    honest, lazy = m.replicas(job)
+    m.commit(honest, job)
+    guess = hashlib.sha256(b"a guess").digest()
+    commitment = result_commitment(job, lazy.public_key, guess, salt_of(lazy, job))
+    m.send(lazy, CommitResult, job_id=job, commitment=commitment,
+           token=result_token(job, RIGHT))  # fmt: skip  # copied from the honest replica
+    m.ok()
+    assert m.job(job).status == JobStatus.REVEALING  # the tokens agree
+    m.reveal(lazy, job, guess)
+    assert "token" in m.refused(TxCode.BAD_REVEAL)
+    m.reveal(lazy, job, RIGHT)  # what the token promises, but not what it committed to
+    assert "commitment" in m.refused(TxCode.BAD_REVEAL)
 
 
 def test_ties_without_tie_breakers_left_fail_the_job_and_refund_it() -> None:
@@ -394,10 +410,7 @@ def test_ties_without_tie_breakers_left_fail_the_job_and_refund_it() -> None:
     a, b = m.replicas(job)
     m.commit(a, job)
     m.commit(b, job, WRONG)
-    m.ok()
-    m.reveal(a, job)
-    m.reveal(b, job, WRONG)
-    m.ok()
+    m.ok()  # the tokens split: a tie-breaker is wanted before anyone reveals
     assert m.job(job).last_reason == Reason.NOT_ENOUGH_OPERATORS
     before = m.balance(USER)
     while m.job(job).status == JobStatus.ASSIGNED or m.job(job).status == JobStatus.PENDING:

@@ -63,29 +63,39 @@ def test_an_audit_replica_joins_after_the_commits_and_the_protocol_pays_it() -> 
 
 
 def test_an_audit_catches_a_lone_lazy_replica_in_a_blind_majority() -> None:
+    """k = 1: nothing to compare the lazy replica with but the audit. Their tokens split,
+    so a tie-breaker is drawn before anyone reveals; all three committed blind, and the
+    2-1 majority slashes the lazy one."""
     m = offered_market(params=ALWAYS)
-    job = m.submit(redundancy=2)
+    job = m.submit(redundancy=1)
     m.ok()
-    honest, lazy = m.replicas(job)
-    m.commit(honest, job)
+    (lazy,) = m.replicas(job)
     m.commit(lazy, job, WRONG)
     m.ok()
     m.ok()  # the next block draws the audit
     record = m.job(job)
     assert record.spot_check == SPOT_WANTED and record.status == JobStatus.ASSIGNED
-    (auditor,) = [n for n in m.replicas(job) if n not in (honest, lazy)]
+    (auditor,) = [n for n in m.replicas(job) if n is not lazy]
     audit = next(r for r in record.replicas if r.node == auditor.public_key)
     assert audit.audit and not audit.late  # drawn before any digest was public: blind
     m.commit(auditor, job)
+    m.ok()  # the tokens split 1-1: one more replica, still before any reveal
+    record = m.job(job)
+    assert record.status == JobStatus.ASSIGNED and record.tie_breakers == 1
+    (breaker,) = [n for n in m.replicas(job) if n not in (lazy, auditor)]
+    assert not next(r for r in record.replicas if r.node == breaker.public_key).late
+    m.commit(breaker, job)
     m.ok()
-    for node in (honest, lazy, auditor):
+    assert m.job(job).status == JobStatus.REVEALING
+    for node in (lazy, auditor, breaker):
         m.reveal(node, job, WRONG if node is lazy else RIGHT)
     m.ok()
     record = m.job(job)
     assert record.status == JobStatus.SETTLED and record.result_digest == RIGHT
     assert m.state.is_jailed(lazy.public_key)  # outvoted 2-1 by blind replicas: slashed
-    assert m.state.operators[honest.public_key].slashed_total == 0
+    assert m.state.operators[lazy.public_key].slashed_total > 0
     assert m.state.operators[auditor.public_key].slashed_total == 0
+    assert m.state.operators[breaker.public_key].slashed_total == 0
 
 
 def test_an_audit_with_no_room_is_skipped_not_waited_for() -> None:
