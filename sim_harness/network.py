@@ -378,7 +378,8 @@ def _columns(pairs: list[tuple[int, int]]) -> tuple[IntArray, IntArray]:
 
 
 class Network:
-    """The network model of one run. `spread` and `direct` draw from `rng` in publish order."""
+    """The network model of one run. `spread` and `direct` draw from the generator they are
+    given for the message, else from `rng` in publish order."""
 
     def __init__(
         self,
@@ -447,8 +448,11 @@ class Network:
 
     # -- spreading ------------------------------------------------------------------------------
 
-    def _draw(self, size_bytes: int) -> tuple[IntArray, FloatArray]:
-        k, rng, e_count = self.knobs, self.rng, len(self._targets)
+    def _draw(
+        self, size_bytes: int, rng: np.random.Generator | None = None
+    ) -> tuple[IntArray, FloatArray]:
+        k, e_count = self.knobs, len(self._targets)
+        rng = self.rng if rng is None else rng
         delay = self.base_ms + size_bytes * 8 // (k.bandwidth_mbps * 1000)
         if k.jitter_ms > 0:
             delay = delay + rng.integers(0, k.jitter_ms + 1, e_count)
@@ -466,17 +470,24 @@ class Network:
         w = np.where(state.blocked | self.severed, BLOCKED, w)
         return w.tolist()  # type: ignore[no-any-return]
 
-    def spread(self, src: int, t0: int, size_bytes: int, accept: tuple[int, int] | None) -> Spread:
+    def spread(
+        self,
+        src: int,
+        t0: int,
+        size_bytes: int,
+        accept: tuple[int, int] | None,
+        rng: np.random.Generator | None = None,
+    ) -> Spread:
         """First arrivals of a message `src` publishes at `t0`. `accept` is the window of
         true time [lo, hi) in which a node's validator passes it (shifted by each node's clock
         skew); None means no validator passes it."""
-        delay, coin = self._draw(size_bytes)
+        delay, coin = self._draw(size_bytes, rng)
         out = None
         if self.vectorised:
             out = self._wave.spread(src, t0, delay, coin, self.severed, accept)
         if out is None:
             out = self._spread_hop_by_hop(src, t0, delay, coin, accept)
-        self._duplicates(out)
+        self._duplicates(out, rng)
         return out
 
     def _spread_hop_by_hop(
@@ -539,19 +550,22 @@ class Network:
         out.rejected, out.lost, out.blocked, out.down = rejected, lost, blocked, down
         return out
 
-    def _duplicates(self, out: Spread) -> None:
+    def _duplicates(self, out: Spread, rng: np.random.Generator | None = None) -> None:
         k = self.knobs
         n = len(out.times)
         if k.duplicate <= 0 or not n:
             return
-        again = self.rng.random(n) < k.duplicate
-        gap = self.rng.integers(1, k.jitter_ms + 2, n)
+        rng = self.rng if rng is None else rng
+        again = rng.random(n) < k.duplicate
+        gap = rng.integers(1, k.jitter_ms + 2, n)
         out.dup_times, out.dup_nodes = (out.times + gap)[again], out.nodes[again]
 
-    def direct(self, src: int, t0: int, size_bytes: int) -> Spread:
+    def direct(
+        self, src: int, t0: int, size_bytes: int, rng: np.random.Generator | None = None
+    ) -> Spread:
         """One hop to each mesh neighbour, no validator and no forwarding: a hostile peer
         writing straight to its neighbours' streams."""
-        delay, coin = self._draw(size_bytes)
+        delay, coin = self._draw(size_bytes, rng)
         weights = self._weights(delay, coin, self.links.at(t0))
         arrivals: list[tuple[int, int]] = []
         lost = blocked = down = 0

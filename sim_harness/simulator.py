@@ -17,8 +17,10 @@ heals); what its core publishes goes to `network.Network.spread`, which gives th
 arrival at every node reached. A valid message an honest node publishes is then written into
 every receiver's book at once (`book_table.BookTable.add_wave`; each core reads its own row
 through `RowBook`), because all a core does with it is file it by the book's own rule; a
-node the plan ever makes Byzantine, a book still waiting for an earlier message of the same
-origin, and every second copy get an ordinary delivery event, a step of that node's core.
+node the plan ever makes Byzantine, a book the rule alone cannot judge (see book_table), and
+every second copy get an ordinary delivery event, a step of that node's core. The network
+draws for each message from its own generator (`_draws_for`), so same-instant sends give the
+same run in any order.
 `per_delivery=True` (`gpumesh sim run --per-delivery`) steps a core for every delivery, as
 a real node would be; tests/sim/test_determinism.py runs both and demands the same books,
 convergence, checker verdicts and message counts.
@@ -294,7 +296,8 @@ class Simulator:
         knobs, base_loss = self._knobs()
         links = LinkSchedule.from_faults(self.plan, mesh, self.names, base_loss)
         regions = [g.regions[i % len(g.regions)] for g in sc.nodes for i in range(g.count)]
-        net_rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "network")))
+        self._net_seed = derive_seed(seed, "network")
+        net_rng = np.random.Generator(np.random.PCG64(self._net_seed))
         self.network = Network(mesh, regions, knobs, links, schedule, net_rng)
         self.mesh = mesh
         self._state, self._skew, self._gen = [0] * n, [0] * n, [0] * n
@@ -318,6 +321,10 @@ class Simulator:
         """Duplicate and direct copies handed to a core."""
         self._sent = 0
         """Messages sent so far (published or direct)."""
+        self._waved: dict[int, tuple[_Msg, int]] = {}
+        """The message of each book table id whose wave may still be on its way, for an
+        entry the table hands back; `_waved_until` is a heap of (last arrival, id)."""
+        self._waved_until: list[tuple[int, int]] = []
         self._convergence: list[tuple[int, float]] = []
         self._faults_log: list[tuple[int, str]] = []
         self.events = 0
@@ -502,6 +509,8 @@ class Simulator:
             return
         try:
             ready = core.step(local, inp)
+            if self.table is not None and self.table.handed_back:
+                self._hand_back()
         except Exception as exc:  # a core must never raise on any input: record it
             self._record(t, kind, v, a, -2)
             if len(self.crashes) < CRASHES_KEPT_MAX:
@@ -545,12 +554,13 @@ class Simulator:
         if self._state[v] != BOOTED:
             self._count("dropped_at_down_node")
             return
-        if not first:
-            self._copies += 1
-        else:
+        if first == 1:
             self._lat_seen += 1
             if not self._lat_seen % self._lat_stride:
                 self._keep_latency(t - msg.t0)
+        elif not first:
+            self._copies += 1
+        # first == 2: a first arrival the book table counted already, handed back
         table = self.table
         if table is None:
             self._step(t, v, msg.gossip, DELIVER, msg.digest)
@@ -598,8 +608,8 @@ class Simulator:
                     ann.issued_ms - cfg.clock_skew_max_ms - EPOCH_MS,
                     ann.expires_ms - EPOCH_MS,
                 )
-        spread = self.network.spread(v, t, len(data), window)
         msg = self._new_msg(t, v, data)
+        spread = self.network.spread(v, t, len(data), window, self._draws_for(v, t, msg))
         if wave and window is not None and signed is not None:
             self._wave(t, v, msg, signed, spread)
         else:
@@ -627,13 +637,22 @@ class Simulator:
         times, rows = spread.times[keep], spread.nodes[keep]
         exact = self._exact_row[rows]
         mid = table.message(signed)
+        waved, until = self._waved, self._waved_until
+        while until and until[0][0] < t:  # every entry of that wave has arrived
+            last, old = heapq.heappop(until)
+            if old in waved and waved[old][1] == last:
+                del waved[old]
+        if len(times):
+            last = max(int(times[-1]), waved[mid][1] if mid in waved else 0)
+            waved[mid] = (msg, last)
+            heapq.heappush(until, (last, mid))
         tr, tt = rows[~exact], times[~exact]
-        waiting = table.add_wave(mid, t, msg.order, tr, tt)
-        if waiting.any():  # those cells take this message through their core
+        to_core = table.add_wave(mid, t, msg.order, tr, tt)
+        if to_core.any():  # those books take this message through their core
             late = np.zeros(len(self.names), np.bool_)
-            late[tr[waiting]] = True
+            late[tr[to_core]] = True
             exact |= late[rows]
-            tr, tt = tr[~waiting], tt[~waiting]
+            tr, tt = tr[~to_core], tt[~to_core]
         if exact.any():
             late_ones = zip(times[exact].tolist(), rows[exact].tolist(), strict=True)
             self._push_deliveries(list(late_ones), msg, 1)
@@ -643,12 +662,28 @@ class Simulator:
         digest = hashlib.sha256(tt.tobytes() + tr.tobytes()).digest()
         self._record(t, WAVE, v, msg.digest, len(tr), int.from_bytes(digest[:7], "big"))
 
+    def _hand_back(self) -> None:
+        """Deliver through its core each wave entry the table gave back (overtaken on its
+        way); it was counted as delivered when its wave was written."""
+        table = self.table
+        assert table is not None
+        for v, mid, at in table.handed_back:
+            self._push(at, (DELIVER, v, self._waved[mid][0], 2))
+        table.handed_back.clear()
+
     def _direct(self, t: int, v: int, data: bytes) -> None:
-        spread = self.network.direct(v, t, len(data))
         msg = self._new_msg(t, v, data)
+        spread = self.network.direct(v, t, len(data), self._draws_for(v, t, msg, 1))
         self._push_deliveries(spread.arrivals, msg, 0)
         self._count("direct", len(spread.arrivals))
         self._record(t, DIRECT, v, msg.digest, len(spread.arrivals))
+
+    def _draws_for(self, v: int, t: int, msg: _Msg, way: int = 0) -> np.random.Generator:
+        """The network's draws for one message, from the run's seed and the message itself
+        (sender, time, content): never from a stream shared in sending order, so two nodes
+        sending in the same millisecond get the same draws whichever goes first (the order
+        of same-instant events depends on when cores asked to be woken)."""
+        return np.random.Generator(np.random.PCG64([self._net_seed, v, t, msg.digest, way]))
 
     def _new_msg(self, t: int, v: int, data: bytes) -> _Msg:
         digest = int.from_bytes(hashlib.sha256(data).digest()[:7], "big")
@@ -774,7 +809,8 @@ class Simulator:
 
     def _keep_latencies(self, ms: npt.NDArray[np.int64]) -> None:
         """`_keep_latency` for a wave's first deliveries: every stride-th delivery counted
-        over the run, decimated as the list fills (the same uniform sample)."""
+        over the run, decimated as the list fills. A uniform sample still, but once thinned
+        not the same elements as when each delivery is a core step (another order)."""
         seen, stride = self._lat_seen, self._lat_stride
         self._lat_seen = seen + len(ms)
         first = (-(seen + 1)) % stride  # the index of the first delivery numbered k * stride

@@ -72,6 +72,7 @@ def test_a_row_answers_like_the_real_book_under_random_offers(seed: int) -> None
     for _ in range(300):
         now += rng.choice([0, 0, 1, 7, 150, 900])
         table.now = now
+        local = now - rng.choice([0, 0, 0, 2_000])  # a receiver whose clock went back
         if made and rng.random() < 0.3:  # a copy or a replay of something seen before
             signed = rng.choice(made)
         else:
@@ -80,10 +81,10 @@ def test_a_row_answers_like_the_real_book_under_random_offers(seed: int) -> None
             signed = announcement(i, rng.randint(1, 40), issued, rng.choice([800, 3_000, 6_000]),
                                   rng.randint(0, 2))  # fmt: skip
             made.append(signed)
-        assert row.offer(signed, now) is real.offer(signed, now)
+        assert row.offer(signed, local) is real.offer(signed, local)
         if rng.random() < 0.5:
-            assert row.expire(now) == real.expire(now)
-        assert answers(row, now) == answers(real, now)
+            assert row.expire(local) == real.expire(local)
+        assert answers(row, local) == answers(real, local)
 
 
 def test_a_wave_written_ahead_shows_only_once_it_arrived() -> None:
@@ -127,16 +128,21 @@ def test_a_cell_still_waiting_sends_the_next_message_through_the_core() -> None:
     table = BookTable(KEYS, BookConfig())
     row = RowBook(table, 1)
     slow, fast = announcement(0, 1, 0, 60_000), announcement(0, 2, 100, 60_000)
-    table.add_wave(table.message(slow), 0, 1, np.array([1]), np.array([5_000]))  # delayed
+    slow_id = table.message(slow)
+    table.add_wave(slow_id, 0, 1, np.array([1]), np.array([5_000]))  # delayed
     table.now = 100
     waiting = table.add_wave(table.message(fast), 100, 2, np.array([1]), np.array([160]))
     assert waiting.tolist() == [True]
     table.now = 160
     assert row.offer(fast, table.now + 0) is Verdict.ACCEPTED  # overtakes the slow one
     assert row.get(KEYS[0]) == fast.record
+    # the slow one leaves the table: its core judges it when it lands, against what it
+    # holds then (the fast one, unless the core has dropped that by then)
+    assert table.handed_back == [(1, slow_id, 5_000)]
+    assert table.verdicts == {}  # its wave's count withdrawn: the core counts it
     table.now = 5_000
-    assert row.get(KEYS[0]) == fast.record  # the slow one lands stale
-    assert table.verdicts == {"stale": 1}  # counted accepted by its wave, then stale
+    assert row.offer(slow, 5_000) is Verdict.STALE
+    assert row.get(KEYS[0]) == fast.record
 
 
 def test_a_crash_wipes_what_arrived_and_keeps_what_is_on_its_way() -> None:
@@ -150,6 +156,40 @@ def test_a_crash_wipes_what_arrived_and_keeps_what_is_on_its_way() -> None:
     assert row.get(KEYS[0]) is None and row.get(KEYS[3]) is None
     table.now = 900
     assert row.get(KEYS[3]) == late.record
+
+
+def test_a_record_offered_again_after_its_core_dropped_it_is_held_again() -> None:
+    """A receiver whose clock went back sees an expired, dropped record valid again."""
+    config = BookConfig()
+    table = BookTable(KEYS, config)
+    row, real = RowBook(table, 1), AnnouncementBook(CHAIN, config)
+    ann = announcement(0, 5, 1_000, 8_000)  # expires at 9_000
+    table.now = 1_000
+    assert row.offer(ann, 1_000) is real.offer(ann, 1_000) is Verdict.ACCEPTED
+    table.now = 9_500
+    assert row.expire(9_500) == real.expire(9_500) == [KEYS[0]]
+    table.now = 9_600  # the clock was set back by 1.5 s
+    assert row.offer(ann, 8_100) is real.offer(ann, 8_100) is Verdict.ACCEPTED
+    assert row.get(KEYS[0]) == real.get(KEYS[0]) == ann.record
+    assert row.offer(ann, 8_101) is real.offer(ann, 8_101) is Verdict.DUPLICATE
+
+
+def test_a_wave_older_than_what_a_book_holds_goes_to_its_core() -> None:
+    """An origin whose clock went back sends a lower seq: whether its receivers take it
+    depends on what their cores have dropped by the time it lands, so they judge it."""
+    table = BookTable(KEYS, BookConfig())
+    high, low = announcement(0, 200, 0, 9_000), announcement(0, 150, 5_000, 30_000)
+    table.add_wave(table.message(high), 0, 1, np.array([1, 2]), np.array([100, 100]))
+    table.now = 9_100
+    to_core = table.add_wave(
+        table.message(low), 9_100, 2, np.array([1, 2]), np.array([9_150, 9_160])
+    )
+    assert to_core.tolist() == [True, True]
+    row = RowBook(table, 1)
+    assert row.expire(9_150) == [KEYS[0]]
+    table.now = 9_150
+    assert row.offer(low, 9_150) is Verdict.ACCEPTED  # the real book takes it now too
+    assert row.get(KEYS[0]) == low.record
 
 
 def test_too_many_nodes_for_a_book_is_refused() -> None:
