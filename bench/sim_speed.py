@@ -39,6 +39,8 @@ from sim_harness.scenario import Scenario, parse_scenario
 from sim_harness.simulator import Simulator
 
 TARGETS = {1_000: 20.0, 10_000: 1.0}
+LIVENESS_S = 30
+"""The heal-and-converge phase at the end of every run; the rest is the safety phase."""
 CONTINENTS = {
     "eu": ["eu-west", "eu-central"],
     "us": ["us-east", "us-central"],
@@ -66,8 +68,8 @@ def scenario_for(nodes: int, sim_s: int) -> Scenario:
     raw = {
         "name": f"sim-speed-{nodes}",
         "seed": 1,
-        "duration": f"{sim_s - 30}s",
-        "liveness": "30s",
+        "duration": f"{sim_s - LIVENESS_S}s",
+        "liveness": f"{LIVENESS_S}s",
         "checkers": ["book_convergence", "no_crash_on_bad_input"],
         "network": {"mesh_degree": 6, "jitter": "5ms", "loss": 0.0},
         "gossip": {"announce_interval": "10s", "ttl": "60s"},
@@ -174,6 +176,10 @@ def main() -> int:
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--per-delivery", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name in ("sim_s", "baseline_sim_s"):
+        if getattr(args, name) <= LIVENESS_S:
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} must exceed the {LIVENESS_S} s liveness phase")
     if args.one:
         print(json.dumps(run_one(args.one, args.sim_s, args.budget_s, args.per_delivery)))
         return 0
