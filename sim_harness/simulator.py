@@ -628,7 +628,7 @@ class Simulator:
     ) -> None:
         """Hand a valid message to every receiver's book at once: the book table takes the
         receivers whose core would only have filed it, and the rest (nodes ever Byzantine,
-        cells still waiting for an earlier message of the same origin, and every second copy)
+        books the rule alone cannot judge: see `BookTable.add_wave`, and every second copy)
         get ordinary delivery events. What arrives after the end of the run is never
         delivered."""
         table = self.table
