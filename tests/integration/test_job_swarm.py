@@ -121,6 +121,14 @@ def test_bad_input_is_refused_with_a_reason(swarm: Swarm) -> None:
     assert done.returncode == 2 and "unknown job" in done.stderr
 
 
+def uptime(swarm: Swarm) -> dict[str, Any]:
+    done = gpumesh("uptime", "--via", "node-1", "--json", "--swarm", str(swarm.root))
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert isinstance(doc, dict)
+    return doc
+
+
 def test_a_stalled_node_is_rerouted_away_from_and_penalised(swarm: Swarm) -> None:
     """SIGSTOP the cheapest node (the scheduler puts a replica on it whenever it can), then
     submit a job for three replicas: the stalled node stops sending heartbeats, so the ledger
@@ -140,6 +148,10 @@ def test_a_stalled_node_is_rerouted_away_from_and_penalised(swarm: Swarm) -> Non
     else:
         raise AssertionError(f"class prices never fell back: {classes}")
     assert victim.pid is not None
+    at_stop = uptime(swarm)
+    stop_epoch = at_stop["epoch"]
+    was = next(n for n in at_stop["nodes"] if n["node"] == key_of(victim))["current"]
+    down_at_stop = was["counted_blocks"] - was["up_blocks"]
     os.kill(victim.pid, signal.SIGSTOP)  # stalled: its links stay up, it says nothing
     try:
         doc = submit(swarm, "matmul", "--n", "64", "--redundancy", "3", timeout=150,
@@ -152,16 +164,20 @@ def test_a_stalled_node_is_rerouted_away_from_and_penalised(swarm: Swarm) -> Non
         slashed = {o["operator"]: o["slashed_total"] for o in ledger["operators"]}
         assert slashed[key_of(victim)] > 0
         assert all(v == 0 for k, v in slashed.items() if k != key_of(victim))
-        done = gpumesh("uptime", "--via", "node-1", "--json", "--swarm", str(swarm.root))
-        assert done.returncode == 0, done.stderr
-        nodes = {n["node"]: n for n in json.loads(done.stdout)["nodes"]}
+        nodes = {n["node"]: n for n in uptime(swarm)["nodes"]}
         assert nodes[key_of(victim)]["down_now"]
         assert not any(n["down_now"] for k, n in nodes.items() if k != key_of(victim))
-        # Its down blocks are counted, in this epoch or (epochs here are 20 blocks, about
-        # 6 s) in one that closed since it stopped.
+        # Down blocks are counted since it stopped: in the epoch it stopped in, beyond those
+        # it had then, or (epochs here are 20 blocks, about 6 s) in a later one.
         mine = nodes[key_of(victim)]
-        windows = [mine["current"], *mine["epochs"]]
-        assert sum(w["counted_blocks"] - w["up_blocks"] for w in windows) > 0
+        since = 0
+        for w in [mine["current"], *mine["epochs"]]:
+            down = w["counted_blocks"] - w["up_blocks"]
+            if w["epoch"] == stop_epoch:
+                since += down - down_at_stop
+            elif w["epoch"] > stop_epoch:
+                since += down
+        assert since > 0
         one = gpumesh("uptime", "--node", key_of(victim), "--via", "node-1", "--swarm",
                       str(swarm.root))  # fmt: skip
         assert one.returncode == 0 and "down" in one.stdout
