@@ -30,7 +30,7 @@ from p2p.announcements import (
 )
 from p2p.errors import BadSignature, DecodeError
 from p2p.identity import Identity, PeerId, peer_id_from_public_key, short_peer
-from p2p.wire import Signed, sign
+from p2p.wire import Signed, sign_encoded
 
 AnnouncementDecoder = Callable[[bytes], Signed[CapacityAnnouncement]]
 """Decode and verify gossip bytes, raising DecodeError/BadSignature like
@@ -120,6 +120,9 @@ Input = Tick | GossipIn | PeerUp | PeerDown | LocalLoad | ListenAddrs
 class Publish:
     topic: str
     data: bytes
+    signed: Signed[CapacityAnnouncement] | None = field(default=None, compare=False, repr=False)
+    """The envelope `data` encodes, for a driver that would otherwise decode our own bytes
+    again (the simulator); a runtime sends `data` and ignores it."""
 
 
 @dataclass(frozen=True)
@@ -289,12 +292,13 @@ class NodeCore:
                 )
             )
         if now_ms >= self._next_announce_ms:
-            ready.publish.append(Publish(TOPIC_CAPACITY, self._announce(now_ms)))
+            signed, data = self._announce(now_ms)
+            ready.publish.append(Publish(TOPIC_CAPACITY, data, signed))
             self._next_announce_ms = now_ms + self.config.announce_interval_ms
         if len(self.peers) < self.config.peers_target and now_ms >= self._dials_quiet_until_ms:
             self._plan_dials(now_ms, ready)
 
-    def _announce(self, now_ms: int) -> bytes:
+    def _announce(self, now_ms: int) -> tuple[Signed[CapacityAnnouncement], bytes]:
         """Sign a fresh announcement and hold it in our own book too (we are part of supply).
 
         seq is max(last + 1, now_ms): strictly increasing, and after a restart (which loses the
@@ -314,11 +318,11 @@ class NodeCore:
             gpu_source=self.config.gpu_source,
             addrs=self._addrs[:8],
         )
-        signed = sign(ann, self.identity, self.config.chain_id)
+        signed, data = sign_encoded(ann, self.identity, self.config.chain_id)
         verdict = self.book.offer(signed, now_ms)
         if verdict is not Verdict.ACCEPTED:
             raise AssertionError(f"our own announcement was refused: {verdict}")  # our bug
-        return signed.encode()
+        return signed, data
 
     def _plan_dials(self, now_ms: int, ready: Ready) -> None:
         """Dial known but unconnected nodes while below peers_target, each at most once per
@@ -358,7 +362,7 @@ class NodeCore:
         """`_on_time` has just expired everything due, so the book's first expiry is the
         first live one."""
         wake = self._next_announce_ms
-        first_expiry = self.book.next_expiry_ms()
+        first_expiry = self.book.next_expiry_ms(before=wake)
         if first_expiry is not None:
             wake = min(wake, first_expiry)
         if len(self.peers) < self.config.peers_target:

@@ -187,7 +187,7 @@ class Book(Protocol):
     def __len__(self) -> int: ...
     def offer(self, signed: Signed[CapacityAnnouncement], now_ms: int) -> Verdict: ...
     def expire(self, now_ms: int) -> list[bytes]: ...
-    def next_expiry_ms(self) -> int | None: ...
+    def next_expiry_ms(self, before: int | None = None) -> int | None: ...
     def covers(self, node_ids: Set[bytes], now_ms: int) -> bool: ...
     def get(self, node_id: bytes) -> CapacityAnnouncement | None: ...
     def signed(self, node_id: bytes) -> Signed[CapacityAnnouncement] | None: ...
@@ -277,14 +277,16 @@ class AnnouncementBook:
         gone.sort()
         return gone
 
-    def next_expiry_ms(self) -> int | None:
-        """When the first held announcement expires (None for an empty book)."""
+    def next_expiry_ms(self, before: int | None = None) -> int | None:
+        """When the first held announcement expires: None for an empty book and, given
+        `before`, when none expires before that (a caller that only wants the earlier of the
+        two lets a book answer without finding the exact first expiry)."""
         heap, entries = self._expiries, self._entries
         while heap:
             expires_ms, node_id = heap[0]
             held = entries.get(node_id)
             if held is not None and held.record.expires_ms == expires_ms:
-                return expires_ms
+                return expires_ms if before is None or expires_ms < before else None
             heapq.heappop(heap)
         return None
 

@@ -30,6 +30,7 @@ PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 CHAIN_ID_BYTES_MAX = 64
 U64_MAX = 2**64 - 1
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 
 # ---------------------------------------------------------------------------------------------
 # Wire types
@@ -70,9 +71,12 @@ class UInt(WireType):
         return raw
 
     def validate(self, value: Any, path: str) -> None:
+        """The round trip's checks, written out: every record a node builds passes here,
+        once per field."""
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidRecord(f"{path}: expected int, got {type(value).__name__}")
-        super().validate(value, path)
+        if not 0 <= value <= self.max:
+            raise InvalidRecord(f"{path}: {value} is outside 0..{self.max}")
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,8 @@ class Text(WireType):
             raise DecodeError(f"{path}: expected ASCII bytes, got {type(raw).__name__}")
         if len(raw) > self.max_bytes:
             raise DecodeError(f"{path}: {len(raw)} bytes exceeds {self.max_bytes}")
-        bad = next((b for b in raw if not 0x20 <= b <= 0x7E), None)
-        if bad is not None:
+        if raw.translate(None, _PRINTABLE_ASCII):  # something other than 0x20..0x7E is left
+            bad = next(b for b in raw if not 0x20 <= b <= 0x7E)
             raise DecodeError(f"{path}: byte 0x{bad:02x} is not printable ASCII")
         return raw.decode("ascii")
 
@@ -141,9 +145,14 @@ class Seq(WireType):
         return tuple(self.item.from_wire(v, f"{path}[{i}]") for i, v in enumerate(raw))
 
     def validate(self, value: Any, path: str) -> None:
+        """Item by item with the item's own check (the same checks as the round trip, without
+        building the items' wire forms and decoding them again)."""
         if not isinstance(value, tuple):
             raise InvalidRecord(f"{path}: expected tuple, got {type(value).__name__}")
-        super().validate(value, path)
+        if len(value) > self.max_len:
+            raise InvalidRecord(f"{path}: {len(value)} items exceeds {self.max_len}")
+        for i, v in enumerate(value):
+            self.item.validate(v, f"{path}[{i}]")
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,14 @@ class Nested(WireType):
 
     def from_wire(self, raw: codec.Value, path: str) -> Struct:
         return self.struct.from_wire(raw, path)
+
+    def validate(self, value: Any, path: str) -> None:
+        """A Struct instance checked itself when it was built (`__post_init__`) or decoded
+        (`from_wire`), and it is frozen: its type is all that is left to check."""
+        if not isinstance(value, self.struct):
+            raise InvalidRecord(
+                f"{path}: expected {self.struct.__name__}, got {type(value).__name__}"
+            )
 
 
 _NO_DEFAULT: Any = dataclasses.MISSING
@@ -299,6 +316,20 @@ def sign(record: R, signer: Signer, chain_id: bytes) -> Signed[R]:
         record.KIND, record.VERSION, chain_id, signer.public_key, record.to_wire()
     )
     return Signed(record, chain_id, signer.public_key, signer.sign(message))
+
+
+def sign_encoded(record: R, signer: Signer, chain_id: bytes) -> tuple[Signed[R], bytes]:
+    """`sign` and then `Signed.encode`, with the record put on the wire once for both (a node
+    announcing signs and sends in one go)."""
+    _check_chain_id(chain_id)
+    body = record.to_wire()
+    message = signing_bytes(record.KIND, record.VERSION, chain_id, signer.public_key, body)
+    signed = Signed(record, chain_id, signer.public_key, signer.sign(message))
+    data = codec.pack(
+        [ENVELOPE_FORMAT, record.KIND, record.VERSION, chain_id, signer.public_key, body,
+         signed.signature]
+    )  # fmt: skip
+    return signed, data
 
 
 def decode_signed(

@@ -45,8 +45,25 @@ from p2p.announcements import (
     summarise,
 )
 from p2p.wire import Signed
+from sim_harness.book_kernels import (
+    NEVER,
+    UNKNOWN,
+    row_covers,
+    row_expiries,
+    rows_cover,
+    wave_write,
+)
 
 EMPTY = -1
+STATE_PIECE_BYTES = 48
+
+
+def state_piece(ann: CapacityAnnouncement) -> bytes:
+    """What the simulator's state digest hashes of one held announcement: node id, seq and
+    expiry (a book's state, whichever way the book is kept)."""
+    return ann.node_id + ann.seq.to_bytes(8, "big") + ann.expires_ms.to_bytes(8, "big")
+
+
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
@@ -92,9 +109,25 @@ class BookTable:
         self._exp_arr: I64 = np.full(1, -(2**62), np.int64)
         """Every message's seq and expiry by id, with room to grow; the last item is the one
         EMPTY (-1) indexes: seq -1 and an expiry before any clock reading."""
+        self._pieces: npt.NDArray[np.uint8] = np.zeros((1, STATE_PIECE_BYTES), np.uint8)
+        """Every message's `state_piece` by id, with room to grow (the state digest reads a
+        whole book's pieces in one gather)."""
         self._ids: dict[CapacityAnnouncement, int] = {}
         self.verdicts: dict[str, int] = {}
         """Verdicts of the deliveries applied here (the cores count the rest)."""
+        self.held_floor = np.full(n, UNKNOWN, np.int64)
+        """Per receiver, an expiry no entry it holds or has on its way falls below: every
+        write lowers it to the new entry's expiry, and only a scan of the row raises it. A
+        core's "anything expired?" and "first expiry before my next announcement?" are
+        answered from it without reading the row (at 10,000 nodes the row is 10,000 cells
+        spread over memory)."""
+        self.cover_floor = np.full(n, UNKNOWN, np.int64)
+        """Per receiver, UNKNOWN or an expiry below which no entry from `_cover_cols` falls
+        while none of them is wiped or dropped (which resets it): a book whose floor is past
+        its clock covers those columns, no scan needed (`covers_rows`)."""
+        self._cover_cols: I64 = np.zeros(0, np.int64)
+        self._cols_of: dict[frozenset[bytes], I64] = {}
+        self._cells = (self.cur, self.cur_at, self.prev, self.dropped)
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -115,7 +148,14 @@ class BookTable:
                 self._exp_arr = np.concatenate([self._exp_arr[:-1], np.full(more + 1, -(2**62))])
             self._seq_arr[mid] = record.seq
             self._exp_arr[mid] = record.expires_ms
+            if mid >= len(self._pieces):
+                self._pieces = np.concatenate([self._pieces, np.zeros_like(self._pieces)])
+            self._pieces[mid] = np.frombuffer(state_piece(record), np.uint8)
         return mid
+
+    def state_pieces(self, ids: I32) -> bytes:
+        """The `state_piece`s of these messages, joined in order."""
+        return self._pieces[ids].tobytes()
 
     def clock(self) -> int:
         """`now` in half milliseconds, the unit of `cur_at`: a wave arriving at t is stored
@@ -148,20 +188,14 @@ class BookTable:
         (an origin whose clock went back), where what the core has dropped by then
         decides."""
         o = self.column[self._signed[mid].record.node_id]
-        seq = self._seq[mid]
         self._order[mid] = order
         self.version += 1
-        held = self.cur[o, rows]
-        seqs, _ = self._arrays()
-        to_core = ((held != EMPTY) & (self.cur_at[o, rows] > 2 * t0)) | (seqs[held] >= seq)
-        if to_core.any():
-            take = ~to_core
-            rows, held, times = rows[take], held[take], times[take]
-        self._count(Verdict.ACCEPTED, len(rows))
-        self.prev[o, rows] = held
-        self.cur[o, rows] = mid
-        self.cur_at[o, rows] = 2 * times
-        return to_core  # type: ignore[no-any-return]
+        seqs, exps = self._arrays()
+        to_core = np.empty(len(rows), np.bool_)
+        taken = wave_write(o, mid, t0, rows, times, self._cells[:3], seqs, int(exps[mid]),
+                           (self.held_floor, self.cover_floor), to_core)  # fmt: skip
+        self._count(Verdict.ACCEPTED, taken)
+        return to_core
 
     def wipe(self, v: int) -> None:
         """Node v's process died: its book goes with it. Entries still on their way were sent
@@ -173,6 +207,7 @@ class BookTable:
         self.cur[gone, v] = EMPTY
         self.prev[:, v] = EMPTY
         self.dropped[:, v] = EMPTY
+        self.cover_floor[v] = UNKNOWN
 
     # -- one row --------------------------------------------------------------------------------
 
@@ -190,6 +225,9 @@ class BookTable:
         stateless checks passed."""
         o = self.column[self._signed[mid].record.node_id]
         self.version += 1
+        exp = int(self._exp_arr[mid])
+        self.held_floor[v] = min(int(self.held_floor[v]), exp)
+        self.cover_floor[v] = min(int(self.cover_floor[v]), exp)
         cur, cur_at, prev = int(self.cur[o, v]), int(self.cur_at[o, v]), int(self.prev[o, v])
         now = 2 * self.now
         waiting = cur != EMPTY and (
@@ -226,22 +264,60 @@ class BookTable:
 
     def covers_rows(self, rows: Sequence[int], cols: I64, local_now: I64) -> Bools:
         """For each row, whether it holds an unexpired entry from every column in `cols`
-        (what `RowBook.covers` answers, for many books at once)."""
+        (what `RowBook.covers` answers, for many books at once). A book whose cover floor
+        is past its clock is answered from it; the others are scanned (one by one when few,
+        else in one pass along the table's rows) and their floors renewed."""
         r = np.asarray(rows, np.int64)
+        local = np.asarray(local_now, np.int64)
         if not len(r):
             return np.zeros(0, np.bool_)
-        if not len(cols):
-            return np.ones(len(r), np.bool_)
-        arrays = (self.cur, self.cur_at, self.prev, self.dropped)
-        if len(cols) == self.n and len(r) == self.n and (r == np.arange(self.n)).all():
-            cur, cur_at, prev, dropped = arrays  # every book, every origin: no copies
+        if not np.array_equal(cols, self._cover_cols):
+            self._cover_cols = np.array(cols, np.int64)
+            self.cover_floor.fill(UNKNOWN)
+        floors = self.cover_floor
+        ok = floors[r] > local
+        if ok.all():
+            return ok
+        todo = np.flatnonzero(~ok)
+        clock, exps = self.clock(), self._exp_arr
+        if len(todo) * 8 > self.n:
+            want = np.zeros(self.n, np.bool_)
+            want[r[todo]] = True
+            at = np.zeros(self.n, np.int64)
+            at[r] = local
+            out = np.empty(self.n, np.int64)
+            rows_cover(want, clock, at, self._cover_cols, self._cells, exps, out)
+            found = out[r[todo]]
         else:
-            pick = np.ix_(cols, r)
-            cur, cur_at, prev, dropped = (a[pick] for a in arrays)
-        entries = np.where(cur_at <= self.clock(), cur, prev)
-        _, exps = self._arrays()
-        ok = (entries != dropped) & (exps[entries] > np.asarray(local_now, np.int64)[None, :])
-        return ok.all(axis=0)  # type: ignore[no-any-return]
+            cols, cells = self._cover_cols, self._cells
+            found = np.array(
+                [row_covers(int(r[i]), clock, int(local[i]), cols, cells, exps) for i in todo],
+                np.int64,
+            )
+        floors[r[todo]] = found
+        ok[todo] = found != UNKNOWN
+        return ok
+
+    def columns_of(self, node_ids: frozenset[bytes]) -> I64 | None:
+        """The columns of these node ids in order, or None if one is not in the table;
+        remembered per set (the checkers ask it of every book with the same set)."""
+        cols = self._cols_of.get(node_ids)
+        if cols is None:
+            column = self.column
+            if not all(k in column for k in node_ids):
+                return None
+            if len(self._cols_of) >= 8:
+                self._cols_of.clear()
+            cols = self._cols_of[node_ids] = np.array(sorted(column[k] for k in node_ids),
+                                                      np.int64)  # fmt: skip
+        return cols
+
+    def renew_held_floor(self, v: int) -> int:
+        """Scan row v: its first expiry among the entries it holds now (NEVER if none); its
+        held floor becomes the first among those and the entries on their way."""
+        first, floor = row_expiries(v, self.clock(), self._cells, self._exp_arr)
+        self.held_floor[v] = floor
+        return int(first)
 
 
 class RowBook:
@@ -252,7 +328,6 @@ class RowBook:
     def __init__(self, table: BookTable, v: int) -> None:
         self.table, self.v = table, v
         self.config = table.config
-        self._covers_cache: tuple[frozenset[bytes], I64] | None = None
         self._held: tuple[tuple[int, int], I32, Bools] | None = None
 
     def _entries(self) -> tuple[I32, Bools]:
@@ -277,33 +352,36 @@ class RowBook:
 
     def expire(self, now_ms: int) -> list[bytes]:
         table = self.table
+        if table.held_floor[self.v] > now_ms:
+            return []  # nothing held or on its way expires by now
         entries, held = self._entries()
         _, exps = table._arrays()
         due = held & (exps[entries] <= now_ms)
-        if not due.any():
-            return []
-        cols = np.flatnonzero(due)
-        table.dropped[cols, self.v] = entries[cols]
-        table.version += 1
-        return sorted(table.keys[c] for c in cols.tolist())
+        if due.any():
+            cols = np.flatnonzero(due)
+            table.dropped[cols, self.v] = entries[cols]
+            table.version += 1
+            table.cover_floor[self.v] = UNKNOWN
+            gone = sorted(table.keys[c] for c in cols.tolist())
+        else:
+            gone = []
+        table.renew_held_floor(self.v)
+        return gone
 
-    def next_expiry_ms(self) -> int | None:
+    def next_expiry_ms(self, before: int | None = None) -> int | None:
         table = self.table
-        entries, held = self._entries()
-        if not held.any():
+        if before is not None and table.held_floor[self.v] >= before:
             return None
-        _, exps = table._arrays()
-        return int(exps[entries[held]].min())
+        first = table.renew_held_floor(self.v)
+        if first >= NEVER or (before is not None and first >= before):
+            return None
+        return first
 
     def covers(self, node_ids: Set[bytes], now_ms: int) -> bool:
-        cache = self._covers_cache
-        if cache is None or cache[0] != node_ids:
-            column = self.table.column
-            if not all(k in column for k in node_ids):
-                return False
-            cols = np.array(sorted(column[k] for k in node_ids), np.int64)
-            cache = self._covers_cache = (frozenset(node_ids), cols)
-        return bool(self.table.covers_rows([self.v], cache[1], np.array([now_ms], np.int64))[0])
+        cols = self.table.columns_of(frozenset(node_ids))
+        if cols is None:
+            return False
+        return bool(self.table.covers_rows([self.v], cols, np.array([now_ms], np.int64))[0])
 
     def signed(self, node_id: bytes) -> Signed[CapacityAnnouncement] | None:
         table = self.table
@@ -321,13 +399,22 @@ class RowBook:
         held = self.signed(node_id)
         return held.record if held is not None else None
 
-    def live(self, now_ms: int) -> list[CapacityAnnouncement]:
+    def live_ids(self, now_ms: int) -> I32:
+        """The table's ids of what `live` answers, in the same (node id) order."""
         table = self.table
         entries, held = self._entries()
         _, exps = table._arrays()
         keep = held & (exps[entries] > now_ms)
-        cols = table.key_rank[keep[table.key_rank]]
-        return [table._signed[e].record for e in entries[cols].tolist()]
+        return entries[table.key_rank[keep[table.key_rank]]]
+
+    def live(self, now_ms: int) -> list[CapacityAnnouncement]:
+        signed = self.table._signed
+        return [signed[e].record for e in self.live_ids(now_ms).tolist()]
+
+    def state_bytes(self, now_ms: int) -> bytes:
+        """`state_piece` of each of `live`'s records, joined: what the simulator's state
+        digest hashes for this book (here in one gather instead of a record at a time)."""
+        return self.table.state_pieces(self.live_ids(now_ms))
 
     def totals(self, now_ms: int) -> SupplyTotals:
         return summarise(self.live(now_ms))

@@ -3,10 +3,11 @@ fast one published message spreads.
 
 Per-hop events would cost N x D heap operations per message; instead `Network.spread`
 computes a message's first arrival at every node in one Dijkstra pass over the mesh from the
-publisher (DESIGN.md: the simulator owns delay, loss, duplication, reordering, partitions).
+publisher (DESIGN.md: the simulator owns delay, loss, duplication, reordering, partitions),
+compiled in `spread_kernel` (the Python pass here is the definition it is tested against).
 Each directed link's delay is its regions' base latency plus jitter, an occasional reorder
-delay and the transfer time at the link's bandwidth, all drawn for the message from the
-seeded generator before the pass (so the draws never depend on the path taken). A hop is
+delay and the transfer time at the link's bandwidth, each a counter-based draw from the
+message's key (seed, sender, time, content), so the draws never depend on the path taken. A hop is
 lost with the link's loss rate; a hop over a cut, partitioned or one-way-blocked link, or
 onto a node that is crashed or paused when the message arrives, never lands. A node whose
 validator rejects the message neither delivers nor forwards it, and a silent node delivers
@@ -38,6 +39,25 @@ from sim_harness.faults import (
     OneWayPartition,
     Partition,
     next_state,
+)
+from sim_harness.spread_kernel import (
+    BLOCKED as N_BLOCKED,
+)
+from sim_harness.spread_kernel import (
+    DOWN as N_DOWN,
+)
+from sim_harness.spread_kernel import (
+    ERROR,
+    KEY_BITS,
+    draw_hops,
+    duplicate_draws,
+    spread_pass,
+)
+from sim_harness.spread_kernel import (
+    LOST as N_LOST,
+)
+from sim_harness.spread_kernel import (
+    REJECTED as N_REJECTED,
 )
 
 REGIONS = (
@@ -406,13 +426,57 @@ class Network:
         settle they are down, with no need to search their spans."""
         self._has_skew = [bool(s) for s in nodes.skews]
         self._loss_possible = any(bool((s.loss > 0).any()) for s in links.states)
-        self._no_coins: FloatArray = np.ones(len(mesh.targets), np.float64)
-        self.vectorised = True
-        """Spread with `WaveSpreader` where it gives the exact answer (tests switch it off to
-        compare the two passes)."""
-        from sim_harness.wave import WaveSpreader  # it builds on this module's types
+        self.compiled = True
+        """Spread with the compiled pass (`spread_kernel`); tests switch it off to run the
+        Python pass, the model's definition, and compare."""
+        self._kernel_arrays(mesh, links, nodes)
 
-        self._wave = WaveSpreader(mesh, links, nodes)
+    def _kernel_arrays(self, mesh: Mesh, links: LinkSchedule, nodes: NodeSchedule) -> None:
+        """The mesh, link epochs and node plans as the flat arrays `spread_pass` reads, and
+        its scratch space (allocated once: a pass at 10,000 nodes must not allocate)."""
+        n, e_count = mesh.n, len(mesh.targets)
+        self._graph = (np.asarray(mesh.offsets, np.int64), np.asarray(mesh.targets, np.int64),
+                       self.base_ms)  # fmt: skip
+        states = links.states
+        self._links = (
+            np.asarray(links.starts, np.int64),
+            np.stack([s.blocked for s in states]),
+            np.stack([s.extra_ms for s in states]).astype(np.int64),
+            np.stack([s.loss for s in states]).astype(np.float64),
+            self.severed,
+        )
+        self._extra_max = int(self._links[2].max()) if e_count else 0
+        self._base_max = int(self.base_ms.max()) if e_count else 0
+
+        def csr(rows: list[list[tuple[int, int]]]) -> tuple[IntArray, IntArray, IntArray]:
+            off = np.zeros(n + 1, np.int64)
+            off[1:] = np.cumsum([len(r) for r in rows])
+            flat = [x for r in rows for x in r]
+            a = np.array([x[0] for x in flat], np.int64)
+            b = np.array([x[1] for x in flat], np.int64)
+            return off, a, b
+
+        self._nodes = (
+            *csr(nodes.down), *csr(nodes.skews),
+            np.asarray(nodes.silent_from, np.int64), np.asarray(self._settle_ms, np.int64),
+            np.asarray(self._final_up, np.bool_), np.asarray(self._down_till_settled, np.bool_),
+            np.asarray(self._has_skew, np.bool_),
+        )  # fmt: skip
+        self._work = (
+            np.zeros(n, np.int64), np.zeros(n, np.uint8), np.full(1, -1, np.int64),
+            np.zeros(e_count + 1, np.int64), np.zeros(e_count + 1, np.int64),
+            np.zeros(e_count + 1, np.int64), np.zeros(n, np.int64),
+        )  # fmt: skip
+        self._out = (np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(5, np.int64))
+
+    def _buckets_for(self, size_ms: int) -> None:
+        """Make the bucket ring longer than the largest hop a message of this size can take."""
+        k = self.knobs
+        widest = self._base_max + size_ms + k.jitter_ms + self._extra_max
+        widest += k.reorder_ms if k.reorder > 0 else 0
+        if len(self._work[2]) <= widest:
+            size = 1 << widest.bit_length()
+            self._work = (*self._work[:2], np.full(size, -1, np.int64), *self._work[3:])
 
     # -- link state queries ---------------------------------------------------------------------
 
@@ -437,7 +501,6 @@ class Network:
             e = self.mesh.edge(a, b)
             if e is not None:
                 self.severed[e] = True
-        self._wave.severed_version += 1
 
     def latency_sample(self, u: int, v: int) -> int:
         """Base latency of a mesh link (for tests and reports)."""
@@ -448,20 +511,17 @@ class Network:
 
     # -- spreading ------------------------------------------------------------------------------
 
-    def _draw(
-        self, size_bytes: int, rng: np.random.Generator | None = None
-    ) -> tuple[IntArray, FloatArray]:
-        k, e_count = self.knobs, len(self._targets)
-        rng = self.rng if rng is None else rng
-        delay = self.base_ms + size_bytes * 8 // (k.bandwidth_mbps * 1000)
-        if k.jitter_ms > 0:
-            delay = delay + rng.integers(0, k.jitter_ms + 1, e_count)
-        if k.reorder > 0:
-            late = rng.random(e_count) < k.reorder
-            delay = delay + np.where(late, rng.integers(1, k.reorder_ms + 1, e_count), 0)
-        if not self._loss_possible:  # no hop of this run can be lost: no coins to toss
-            return delay, self._no_coins
-        return delay, rng.random(e_count)
+    def _key(self, key: int | None) -> int:
+        return int(self.rng.integers(0, 1 << KEY_BITS)) if key is None else key
+
+    def _size_ms(self, size_bytes: int) -> int:
+        return size_bytes * 8 // (self.knobs.bandwidth_mbps * 1000)
+
+    def _draw(self, size_bytes: int, key: int) -> tuple[IntArray, FloatArray]:
+        """Every edge's delay and loss coin for the message with this draw key."""
+        k = self.knobs
+        return draw_hops(key, self.base_ms, self._size_ms(size_bytes), k.jitter_ms, k.reorder,
+                         k.reorder_ms, self._loss_possible)  # fmt: skip
 
     def _weights(self, delay: IntArray, coin: FloatArray, epoch: int) -> list[int]:
         state = self.links.states[epoch]
@@ -476,18 +536,37 @@ class Network:
         t0: int,
         size_bytes: int,
         accept: tuple[int, int] | None,
-        rng: np.random.Generator | None = None,
+        key: int | None = None,
     ) -> Spread:
         """First arrivals of a message `src` publishes at `t0`. `accept` is the window of
         true time [lo, hi) in which a node's validator passes it (shifted by each node's clock
-        skew); None means no validator passes it."""
-        delay, coin = self._draw(size_bytes, rng)
-        out = None
-        if self.vectorised:
-            out = self._wave.spread(src, t0, delay, coin, self.severed, accept)
+        skew); None means no validator passes it. `key` (`spread_kernel.message_key`) picks
+        the message's draws; without one it is drawn from the network's generator."""
+        key = self._key(key)
+        out = self._spread_compiled(src, t0, size_bytes, accept, key) if self.compiled else None
         if out is None:
+            delay, coin = self._draw(size_bytes, key)
             out = self._spread_hop_by_hop(src, t0, delay, coin, accept)
-        self._duplicates(out, rng)
+        self._duplicates(out, key)
+        return out
+
+    def _spread_compiled(
+        self, src: int, t0: int, size_bytes: int, accept: tuple[int, int] | None, key: int
+    ) -> Spread | None:
+        k = self.knobs
+        size_ms = self._size_ms(size_bytes)
+        self._buckets_for(size_ms)
+        lo, hi = accept if accept is not None else (NEVER_MS, -NEVER_MS)
+        out_t, out_v, counts = self._out
+        count = spread_pass(src, t0, key, size_ms, k.jitter_ms, k.reorder, k.reorder_ms,
+                            self._loss_possible, lo, hi, self._graph, self._links,
+                            self._nodes, self._work, out_t, out_v, counts)  # fmt: skip
+        if counts[ERROR]:
+            return None
+        out = Spread([], [])
+        out.times, out.nodes = out_t[:count].copy(), out_v[:count].copy()
+        out.lost, out.blocked = int(counts[N_LOST]), int(counts[N_BLOCKED])
+        out.down, out.rejected = int(counts[N_DOWN]), int(counts[N_REJECTED])
         return out
 
     def _spread_hop_by_hop(
@@ -550,22 +629,19 @@ class Network:
         out.rejected, out.lost, out.blocked, out.down = rejected, lost, blocked, down
         return out
 
-    def _duplicates(self, out: Spread, rng: np.random.Generator | None = None) -> None:
+    def _duplicates(self, out: Spread, key: int) -> None:
         k = self.knobs
         n = len(out.times)
         if k.duplicate <= 0 or not n:
             return
-        rng = self.rng if rng is None else rng
-        again = rng.random(n) < k.duplicate
-        gap = rng.integers(1, k.jitter_ms + 2, n)
-        out.dup_times, out.dup_nodes = (out.times + gap)[again], out.nodes[again]
+        again, gap = duplicate_draws(key, n, k.duplicate, k.jitter_ms)
+        hit = again.astype(np.bool_)
+        out.dup_times, out.dup_nodes = (out.times + gap)[hit], out.nodes[hit]
 
-    def direct(
-        self, src: int, t0: int, size_bytes: int, rng: np.random.Generator | None = None
-    ) -> Spread:
+    def direct(self, src: int, t0: int, size_bytes: int, key: int | None = None) -> Spread:
         """One hop to each mesh neighbour, no validator and no forwarding: a hostile peer
         writing straight to its neighbours' streams."""
-        delay, coin = self._draw(size_bytes, rng)
+        delay, coin = self._draw(size_bytes, self._key(key))
         weights = self._weights(delay, coin, self.links.at(t0))
         arrivals: list[tuple[int, int]] = []
         lost = blocked = down = 0
