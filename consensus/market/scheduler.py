@@ -25,10 +25,11 @@ out is retried with chains of moves that make room; each placed replica is then 
 by its cheapest chain if that is cheaper (swaps and rotations included), on the cheapest of
 the orders' results. While jobs are still left out, a ruin-and-recreate search
 (`_ruin_recreate`) clears the nodes of one of them and puts everything back in drawn orders,
-which is what finds the packings a tight market needs. All work is bounded by step counts,
-not a clock, and the search's draws come from a generator seeded by the job ids, so every
-member stops at the same place with the same result. The tests and `bench/scheduler.py`
-measure the result against the exact optimum (scipy).
+or trades a placed job with no more replicas for it, which is what finds the packings a
+tight market needs; a last pass (`_trade_in`) tries every such trade on its result. All
+work is bounded by step counts, not a clock, and the search's draws come from a generator
+seeded by the job ids, so every member stops at the same place with the same result. The
+tests and `bench/scheduler.py` measure the result against the exact optimum (scipy).
 """
 
 from __future__ import annotations
@@ -429,14 +430,19 @@ IMPROVE_BUDGET = 12_000
 WORK_BUDGET = 150_000
 """Steps one call may take in all. The construction (candidate lists, the greedy passes of
 every order, repair, swaps) is counted against it and the improvement pass's share is kept
-aside; the ruin-and-recreate search gets what is left. So a small market, cheap to
-construct, is searched hard, and a large one, whose construction is most of the bound, is
-decided in about the same time (bench/scheduler.py measures both)."""
+aside; the ruin-and-recreate search gets what is left, less `TRADE_BUDGET`. So a small
+market, cheap to construct, is searched hard, and a large one, whose construction is most of
+the bound, is decided in about the same time (bench/scheduler.py measures both)."""
 NODE_CHECKS_PER_STEP = 3
 """Node checks in `_Prepared.candidates` per step: a check costs about a third of a chain
 step."""
 RUIN_ROUND_STEPS = 50
 """The fixed cost of one ruin-and-recreate round (draws, marks, bookkeeping) in steps."""
+TRADE_BUDGET = 20_000
+"""The share of what `WORK_BUDGET` leaves after construction that is kept for the final
+pass of trades (`_trade_in`) on the best schedule the ruin-and-recreate search found (plus
+what the search did not use): the search is a random walk that can end one trade short of
+a better schedule, and the pass tries every trade in turn from where it ended."""
 
 
 class _Placement:
@@ -532,7 +538,8 @@ def schedule(
     out). The result with the least `total_cost` (penalties for jobs left out included) is
     kept; a job left out takes the place of a placed one that costs more to serve there
     (`_swap_in`); while jobs are left out, ruin and recreate (`_ruin_recreate`) searches for
-    a better packing with the steps `WORK_BUDGET` leaves; an improvement pass re-places each
+    a better packing with the steps `WORK_BUDGET` leaves, and a pass of trades
+    (`_trade_in`) follows on its result; an improvement pass re-places each
     replica by its cheapest chain, and a job still left out gets a last direct try on what
     is left.
 
@@ -572,7 +579,10 @@ def schedule(
     spent += IMPROVE_BUDGET - max(budget[0], 0) + IMPROVE_BUDGET  # the last: _improve's share
     draws = _Draws(int.from_bytes(hashlib.sha256(b"".join(j.job_id for j in by_id)).digest()[:8]))
     penalty = weights.unassigned_penalty
-    dropped = _ruin_recreate(state, by_id, dropped, penalty, [WORK_BUDGET - spent], draws)
+    rest = max(WORK_BUDGET - spent, 0)
+    budget = [rest - min(TRADE_BUDGET, rest)]
+    dropped = _ruin_recreate(state, by_id, dropped, penalty, budget, draws)
+    dropped = _trade_in(state, by_id, dropped, penalty, [min(TRADE_BUDGET, rest) + budget[0]])
     _improve(state, by_id, [IMPROVE_BUDGET])
     for j in dropped:
         # Moves made after a job was given up on may have opened room for it; a job left out
@@ -677,6 +687,10 @@ def _best_chain(
     CHAIN_DEPTH moves (the first move frees the node, the next frees the node the first one
     moved to, and so on until a node with room). Returns (added cost, node, moves).
 
+    A replica too small to free the node alone may move to a node with room and leave the
+    rest to the next move on the same node: two 2-GPU replicas make room for a 4-GPU one,
+    which a tight market's packings need.
+
     A layered search over states (node, GPUs still to free) with the cheapest chain reaching
     each; moves may lower the cost (a replica can move to a cheaper node that the chain
     frees), so every state of a layer is expanded, within the shared step budget."""
@@ -702,7 +716,7 @@ def _best_chain(
             budget[0] -= 1 + len(on_node[n])
             for a, ca in sorted(on_node[n].items()):
                 a_need = jobs[a].gpus_needed
-                if a == j or a in moved or a_need < short:
+                if a == j or a in moved or (a_need < short and not deeper):
                     continue
                 a_ops = {operator[x] for x in state.nodes_of[a] if x != n}
                 base = c0 - ca
@@ -713,7 +727,13 @@ def _best_chain(
                     if dst in path or operator[dst] in a_ops:
                         continue
                     value = base + cd
-                    if left[dst] >= a_need:
+                    if a_need < short:
+                        if left[dst] >= a_need:
+                            key = (n, short - a_need)
+                            held = grown.get(key)
+                            if held is None or (value, start) < held[:2]:
+                                grown[key] = (value, start, (*chain, (a, n, dst)))
+                    elif left[dst] >= a_need:
                         if best is None or (value, start) < best[:2]:
                             best = (value, start, (*chain, (a, n, dst)))
                     elif deeper:
@@ -798,6 +818,52 @@ def _swap_in(
     return sorted(out)
 
 
+def _trade_in(
+    state: _Placement,
+    jobs: list[JobRequest],
+    dropped: list[int],
+    penalty: int,
+    budget: list[int],
+) -> list[int]:
+    """Every trade in turn (see `_trade_round`), on the schedule the search ended with: for
+    each job left out, most replicas first, each placed job with no more replicas and a
+    replica on one of its fitting nodes is taken off, the left-out job placed by chains and
+    the displaced one placed again if room is found; the first trade that lowers the total
+    (penalties included) is kept. The tight markets' usual miss is one such trade: the
+    optimum leaves out one replica fewer. Returns the jobs left out, in job order."""
+    out = set(dropped)
+    on_node = state.on_node
+    for u in sorted(dropped, key=lambda a: (-jobs[a].redundancy, a)):
+        if u not in out:
+            continue
+        k = jobs[u].redundancy
+        victims = sorted(
+            {a for _, i in state.cands_of[u] for a in on_node[i] if jobs[a].redundancy <= k},
+            key=lambda a: (jobs[a].redundancy, a),
+        )
+        budget[0] -= len(victims)
+        for v in victims:
+            budget[0] -= RUIN_ROUND_STEPS // 5
+            if budget[0] <= 0:
+                return sorted(out)
+            state.mark()
+            for i in list(state.nodes_of[v]):
+                state.take(v, jobs[v].gpus_needed, i)
+            if not _place_with_ejection(state, u, jobs, state.cands_of[u], budget):
+                state.rollback()
+                continue
+            back = _place_with_ejection(state, v, jobs, state.cands_of[v], budget)
+            change = state.delta - penalty * k + (0 if back else penalty * jobs[v].redundancy)
+            if change < 0:
+                state.journal = None
+                out.discard(u)
+                if not back:
+                    out.add(v)
+                break
+            state.rollback()
+    return sorted(out)
+
+
 class _Draws:
     """splitmix64: the search's only source of variety, seeded from the jobs' ids, so every
     member draws the same numbers on every platform and Python version (`random` promises
@@ -838,12 +904,11 @@ def _ruin_recreate(
     draws: _Draws,
 ) -> list[int]:
     """Ruin and recreate (Schrimpf et al., 2000) while jobs are left out: each round draws a
-    job left out, clears a few of its nodes (every job with a replica there comes off
-    whole), and puts the cleared jobs and the left-out jobs that could use those nodes
-    back in a drawn order, cheapest-first or best-fit, with chains for those that do not
-    fit directly. A round is kept if the total (penalties included) does not rise by more
-    than a threshold that falls to nothing as the budget runs out (threshold accepting),
-    otherwise rolled back; the best schedule seen is the one returned.
+    job left out and either clears a few of its nodes and puts everything back
+    (`_clear_round`), or trades a placed job for it (`_trade_round`). A round is kept if the
+    total (penalties included) does not rise by more than a threshold that falls to nothing
+    as the budget runs out (threshold accepting), otherwise rolled back; the best schedule
+    seen is the one returned.
 
     This is what the greedy and its chains cannot do in tight markets: give up a job that
     eats capacity for two that fit in its place, or clear the only nodes a constrained job
@@ -853,34 +918,17 @@ def _ruin_recreate(
     current = best = 0
     best_placed = {j: list(v) for j, v in state.nodes_of.items()}
     best_out = set(out)
-    cands_of, on_node = state.cands_of, state.on_node
     while budget[0] > 0 and out:
         u = sorted(out)[draws.below(len(out))]
-        cands = cands_of[u]
-        width = min(len(cands), 2 * jobs[u].redundancy + draws.below(3))
-        cleared = {cands[draws.below(len(cands))][1] for _ in range(width)}
-        removed = sorted({a for i in cleared for a in on_node[i]})
-        pool = removed + [a for a in sorted(out) if any(i in state.costs[a] for i in cleared)]
-        budget[0] -= RUIN_ROUND_STEPS + len(out) + 4 * len(pool)
         state.mark()
-        for a in removed:
-            for i in list(state.nodes_of[a]):
-                state.take(a, jobs[a].gpus_needed, i)
-        order = _recreate_order(draws.below(3), pool, jobs, state, draws)
-        place = _place_tight if draws.below(2) == 0 else _place_greedy
-        unplaced = []
-        for a in order:
-            budget[0] -= len(cands_of[a])
-            if not place(state, a, jobs[a], cands_of[a]):
-                unplaced.append(a)
-        still_out = out.difference(pool)
-        still_out.update(
-            a for a in unplaced if not _place_with_ejection(state, a, jobs, cands_of[a], budget)
-        )
+        if draws.below(2) == 0:
+            pool, still_out = _trade_round(state, jobs, u, out, budget, draws)
+        else:
+            pool, still_out = _clear_round(state, jobs, u, out, budget, draws)
         change = state.delta + penalty * (
             sum(jobs[a].redundancy for a in still_out) - sum(jobs[a].redundancy for a in out)
         )
-        if change < penalty * max(0, budget[0]) // (2 * start):
+        if pool and change < penalty * max(0, budget[0]) // start:
             state.journal = None
             out = still_out
             current += change
@@ -899,6 +947,75 @@ def _ruin_recreate(
                 state.put(j, jobs[j].gpus_needed, i, state.costs[j][i])
         out = best_out
     return sorted(out)
+
+
+def _clear_round(
+    state: _Placement,
+    jobs: list[JobRequest],
+    u: int,
+    out: set[int],
+    budget: list[int],
+    draws: _Draws,
+) -> tuple[list[int], set[int]]:
+    """One ruin: clear a few of `u`'s fitting nodes (every job with a replica there comes
+    off whole), and put the cleared jobs and the left-out jobs that could use those nodes
+    back in a drawn order, cheapest-first or best-fit, with chains for those that do not fit
+    directly. Returns the jobs taken up and the jobs left out after."""
+    cands_of, on_node = state.cands_of, state.on_node
+    cands = cands_of[u]
+    width = min(len(cands), 2 * jobs[u].redundancy + draws.below(3))
+    cleared = {cands[draws.below(len(cands))][1] for _ in range(width)}
+    removed = sorted({a for i in cleared for a in on_node[i]})
+    pool = removed + [a for a in sorted(out) if any(i in state.costs[a] for i in cleared)]
+    budget[0] -= RUIN_ROUND_STEPS + len(out) + 4 * len(pool)
+    for a in removed:
+        for i in list(state.nodes_of[a]):
+            state.take(a, jobs[a].gpus_needed, i)
+    order = _recreate_order(draws.below(3), pool, jobs, state, draws)
+    order = [u, *(a for a in order if a != u)]  # the nodes were cleared for it
+    place = _place_tight if draws.below(2) == 0 else _place_greedy
+    unplaced = []
+    for a in order:
+        budget[0] -= len(cands_of[a])
+        if not place(state, a, jobs[a], cands_of[a]):
+            unplaced.append(a)
+    still_out = out.difference(pool)
+    still_out.update(
+        a for a in unplaced if not _place_with_ejection(state, a, jobs, cands_of[a], budget)
+    )
+    return pool, still_out
+
+
+def _trade_round(
+    state: _Placement,
+    jobs: list[JobRequest],
+    u: int,
+    out: set[int],
+    budget: list[int],
+    draws: _Draws,
+) -> tuple[list[int], set[int]]:
+    """One trade: take off a drawn placed job `v` with no more replicas than `u` and a
+    replica on one of `u`'s fitting nodes, place `u` by chains, then `v` again if room is
+    found. Each replica left out costs the penalty, so giving up a (1 x 4 GPU) job to fit a
+    (2 x 4 GPU) one whose fitting nodes are full gains one; a trade of equals moves the
+    search along a plateau. Returns [v, u] (empty if there is no `v`) and the jobs left
+    out after."""
+    k = jobs[u].redundancy
+    victims = sorted(
+        {a for _, i in state.cands_of[u] for a in state.on_node[i] if jobs[a].redundancy <= k}
+    )
+    budget[0] -= RUIN_ROUND_STEPS + len(victims)
+    if not victims:
+        return [], out
+    v = victims[draws.below(len(victims))]
+    for i in list(state.nodes_of[v]):
+        state.take(v, jobs[v].gpus_needed, i)
+    still_out = set(out)
+    if _place_with_ejection(state, u, jobs, state.cands_of[u], budget):
+        still_out.discard(u)
+    if u in still_out or not _place_with_ejection(state, v, jobs, state.cands_of[v], budget):
+        still_out.add(v)
+    return [v, u], still_out
 
 
 def _improve(state: _Placement, jobs: list[JobRequest], budget: list[int]) -> None:
