@@ -76,6 +76,18 @@ def wave_write(
 
 
 @_compiled
+def _in_force(
+    cur: I32, cur_at: I32, prev: I32, o: int, v: int, clock: int, exps: I64
+) -> tuple[int, int]:
+    """Cell [o, v] at `clock`: the entry in force (the newest if it has arrived, else the
+    one before it), and the expiry of an entry still on its way there (NEVER if none)."""
+    c = cur[o, v]
+    if cur_at[o, v] <= clock:
+        return c, NEVER
+    return prev[o, v], exps[c] if c != EMPTY else NEVER
+
+
+@_compiled
 def row_expiries(
     v: int, clock: int, cells: tuple[I32, I32, I32, I32], exps: I64
 ) -> tuple[int, int]:
@@ -86,13 +98,8 @@ def row_expiries(
     first = NEVER
     floor = NEVER
     for o in range(cur.shape[0]):
-        c = cur[o, v]
-        if cur_at[o, v] <= clock:
-            entry = c
-        else:
-            entry = prev[o, v]
-            if c != EMPTY and exps[c] < floor:
-                floor = exps[c]
+        entry, coming = _in_force(cur, cur_at, prev, o, v, clock, exps)
+        floor = min(floor, coming)
         if entry != EMPTY and entry != dropped[o, v] and exps[entry] < first:
             first = exps[entry]
     return first, min(first, floor)
@@ -109,13 +116,8 @@ def row_covers(
     floor = NEVER
     for i in range(len(cols)):
         o = cols[i]
-        c = cur[o, v]
-        if cur_at[o, v] <= clock:
-            entry = c
-        else:
-            entry = prev[o, v]
-            if c != EMPTY and exps[c] < floor:
-                floor = exps[c]
+        entry, coming = _in_force(cur, cur_at, prev, o, v, clock, exps)
+        floor = min(floor, coming)
         if entry == EMPTY or entry == dropped[o, v]:
             return UNKNOWN
         e = exps[entry]
@@ -144,13 +146,8 @@ def rows_cover(
             floor = out[v]
             if floor == UNKNOWN:
                 continue
-            c = cur[o, v]
-            if cur_at[o, v] <= clock:
-                entry = c
-            else:
-                entry = prev[o, v]
-                if c != EMPTY and exps[c] < floor:
-                    floor = exps[c]
+            entry, coming = _in_force(cur, cur_at, prev, o, v, clock, exps)
+            floor = min(floor, coming)
             if entry == EMPTY or entry == dropped[o, v] or exps[entry] <= local_now[v]:
                 out[v] = UNKNOWN
                 continue

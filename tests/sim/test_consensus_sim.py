@@ -17,7 +17,7 @@ import pytest
 
 from sim_harness.consensus_sim import ConsensusSimulator
 from sim_harness.scenario import ScenarioError, load_scenario, scenario_from_toml
-from sim_harness.sweep import run_seed
+from sim_harness.sweep import run_sweep
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
 NAMED = [
@@ -79,12 +79,11 @@ def test_same_seed_same_trace_other_seed_other_trace() -> None:
 
 
 def test_hundred_seeds_of_consensus_swarm_find_no_fork_and_no_stuck_chain() -> None:
+    """Through `run_sweep`, as `gpumesh sim sweep` runs them: one process per core."""
     path = str(SCENARIOS / "consensus-swarm.toml")
-    failures = []
-    for seed in range(1, 101):
-        outcome = run_seed(path, seed)
-        if not outcome.ok:
-            failures.append(f"seed {seed}: {outcome.failures}")
+    sweep = run_sweep(path, range(1, 101))
+    assert [o.seed for o in sweep.outcomes] == list(range(1, 101))
+    failures = [f"seed {o.seed}: {o.failures} {o.error or ''}" for o in sweep.failed]
     assert failures == [], "\n".join(failures)
 
 
