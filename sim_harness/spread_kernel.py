@@ -253,6 +253,7 @@ def spread_pass(
                 w += extra[ep, e]
                 if w < 1:
                     counts[ERROR] = 1
+                    head[:] = -1  # the next call needs an empty ring (pending hops stay in it)
                     return arrived
                 v = targets[e]
                 ta = t + w

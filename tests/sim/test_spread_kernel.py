@@ -143,3 +143,31 @@ def test_draws_depend_on_the_key_alone() -> None:
     assert fast.spread(0, 1_000, 300, (-(10**9), 10**9), 77).arrivals == first
     assert message_key(1, 2, 3) == message_key(1, 2, 3) != message_key(1, 2, 4)
     assert 0 <= message_key(2**64 - 1, -5) < 2**63
+
+
+def test_a_hop_under_a_millisecond_falls_back_and_leaves_the_pass_clean() -> None:
+    """The bucket queue cannot order a 0 ms hop: the compiled pass declines (the Python pass
+    answers) and, though hops were still pending when it stopped, the next messages on the
+    same network get the hop-by-hop answer too."""
+    window = (-(10**9), 10**9)
+    declined = 0
+    for seed in range(40):
+        fast, slow, n = _pair(seed)
+        saved = fast.base_ms.copy()
+        for net in (fast, slow):
+            net.base_ms[:] = 0  # the kernel reads these weights in place
+        if fast._spread_compiled(0, 1_000, 0, window, 5) is None:
+            declined += 1
+        a, b = fast.spread(0, 1_000, 0, window, 5), slow.spread(0, 1_000, 0, window, 5)
+        assert a.arrivals == b.arrivals
+        for net in (fast, slow):
+            net.base_ms[:] = saved
+        for key in range(6):
+            src = key % n
+            assert fast._spread_compiled(src, 2_000, 300, window, key) is not None
+            a, b = (
+                fast.spread(src, 2_000, 300, window, key),
+                slow.spread(src, 2_000, 300, window, key),
+            )
+            assert a.arrivals == b.arrivals, (seed, key)
+    assert declined >= 5  # the seeds with no jitter, delay or reordering at least
