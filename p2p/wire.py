@@ -289,18 +289,16 @@ class Signed(Generic[R]):
     signature: bytes
 
     def encode(self) -> bytes:
+        return self._encode_with(self.record.to_wire())
+
+    def _encode_with(self, body: codec.Value) -> bytes:
+        """The envelope's bytes around the record's wire form `body` (given by a caller that
+        has just built it)."""
         rec = self.record
         return codec.pack(
-            [
-                ENVELOPE_FORMAT,
-                rec.KIND,
-                rec.VERSION,
-                self.chain_id,
-                self.signer,
-                rec.to_wire(),
-                self.signature,
-            ]
-        )
+            [ENVELOPE_FORMAT, rec.KIND, rec.VERSION, self.chain_id, self.signer, body,
+             self.signature]
+        )  # fmt: skip
 
 
 def signing_bytes(
@@ -310,26 +308,22 @@ def signing_bytes(
     return codec.pack([DOMAIN_TAG, kind, version, chain_id, signer, body])
 
 
-def sign(record: R, signer: Signer, chain_id: bytes) -> Signed[R]:
+def _sign_body(record: R, signer: Signer, chain_id: bytes) -> tuple[Signed[R], codec.Value]:
     _check_chain_id(chain_id)
-    message = signing_bytes(
-        record.KIND, record.VERSION, chain_id, signer.public_key, record.to_wire()
-    )
-    return Signed(record, chain_id, signer.public_key, signer.sign(message))
+    body = record.to_wire()
+    message = signing_bytes(record.KIND, record.VERSION, chain_id, signer.public_key, body)
+    return Signed(record, chain_id, signer.public_key, signer.sign(message)), body
+
+
+def sign(record: R, signer: Signer, chain_id: bytes) -> Signed[R]:
+    return _sign_body(record, signer, chain_id)[0]
 
 
 def sign_encoded(record: R, signer: Signer, chain_id: bytes) -> tuple[Signed[R], bytes]:
     """`sign` and then `Signed.encode`, with the record put on the wire once for both (a node
     announcing signs and sends in one go)."""
-    _check_chain_id(chain_id)
-    body = record.to_wire()
-    message = signing_bytes(record.KIND, record.VERSION, chain_id, signer.public_key, body)
-    signed = Signed(record, chain_id, signer.public_key, signer.sign(message))
-    data = codec.pack(
-        [ENVELOPE_FORMAT, record.KIND, record.VERSION, chain_id, signer.public_key, body,
-         signed.signature]
-    )  # fmt: skip
-    return signed, data
+    signed, body = _sign_body(record, signer, chain_id)
+    return signed, signed._encode_with(body)
 
 
 def decode_signed(

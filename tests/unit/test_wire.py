@@ -37,6 +37,7 @@ from p2p.wire import (
     decode_signed,
     register,
     sign,
+    sign_encoded,
     signing_bytes,
 )
 from tests.strategies import capacity_announcements, identities, mutated, record_instances
@@ -225,6 +226,13 @@ def wire() -> bytes:
 def test_the_envelope_decodes_as_it_was_signed(wire: bytes) -> None:
     back = decode_signed(wire, chain_id=CHAIN, expect=CapacityAnnouncement)
     assert back.record == announcement() and back.signer == ALICE.public_key
+
+
+def test_sign_encoded_is_sign_then_encode(wire: bytes) -> None:
+    signed, data = sign_encoded(announcement(), ALICE, CHAIN)
+    assert signed == sign(announcement(), ALICE, CHAIN) and data == wire == signed.encode()
+    with pytest.raises(InvalidRecord, match="chain id"):
+        sign_encoded(announcement(), ALICE, b"x" * (CHAIN_ID_BYTES_MAX + 1))
 
 
 def test_wrong_chain_is_a_decode_error_not_a_bad_signature(wire: bytes) -> None:
