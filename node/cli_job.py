@@ -200,6 +200,8 @@ def _summary(view: dict[str, Any]) -> str:
     if status == "settled":
         text += (f": paid {view['paid']} + fee {view['fee_paid']}, refunded {view['refunded']}, "
                  f"billed {view['billed_ms']} ms on {len(view['replicas'])} replicas")  # fmt: skip
+        if view.get("audit") == "wanted":
+            text += " (one drawn at random to audit)"
     elif view.get("refunded"):
         text += f": refunded {view['refunded']}"
     return text

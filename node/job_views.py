@@ -6,7 +6,15 @@ by name (a `last_reason` of `price_too_low` says more than 5).
 
 from __future__ import annotations
 
-from consensus.ledger.job_records import REASON_NONE, JobRecord, JobStatus
+from consensus.ledger.job_records import (
+    REASON_NONE,
+    SPOT_CLEAR,
+    SPOT_DUE,
+    SPOT_SKIPPED,
+    SPOT_WANTED,
+    JobRecord,
+    JobStatus,
+)
 from consensus.ledger.liveness import is_watched
 from consensus.ledger.offers import busy_gpus
 from consensus.ledger.prices import supply_and_demand, utilisation_permille
@@ -18,6 +26,11 @@ JOBS_ROWS_MAX = 1_000
 
 def reason_name(code: int) -> str | None:
     return None if code == REASON_NONE else Reason(code).name.lower()
+
+
+AUDIT_NAMES = {SPOT_WANTED: "wanted", SPOT_SKIPPED: "skipped", SPOT_DUE: "due", SPOT_CLEAR: "clear"}
+"""The random spot check's state (`JobRecord.spot_check`): "wanted" means one more replica,
+beyond the job's redundancy, was drawn to audit it; None before any replica committed."""
 
 
 def job_view(state: LedgerState, job: bytes) -> dict[str, object] | None:
@@ -54,6 +67,7 @@ def _job(state: LedgerState, job: bytes, r: JobRecord) -> dict[str, object]:
         ],
         "excluded": [n.hex() for n in r.excluded],
         "tie_breakers": r.tie_breakers,
+        "audit": AUDIT_NAMES.get(r.spot_check),
         "reroutes": r.reroutes,
         "last_reason": reason_name(r.last_reason),
         "result_digest": r.result_digest.hex() or None,
