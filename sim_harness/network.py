@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from sim_harness import spread_kernel as kernel
 from sim_harness.faults import (
     BOOTED,
     Byzantine,
@@ -40,25 +41,7 @@ from sim_harness.faults import (
     Partition,
     next_state,
 )
-from sim_harness.spread_kernel import (
-    BLOCKED as N_BLOCKED,
-)
-from sim_harness.spread_kernel import (
-    DOWN as N_DOWN,
-)
-from sim_harness.spread_kernel import (
-    ERROR,
-    KEY_BITS,
-    draw_hops,
-    duplicate_draws,
-    spread_pass,
-)
-from sim_harness.spread_kernel import (
-    LOST as N_LOST,
-)
-from sim_harness.spread_kernel import (
-    REJECTED as N_REJECTED,
-)
+from sim_harness.spread_kernel import draw_hops, duplicate_draws, spread_pass
 
 REGIONS = (
     "eu-west", "eu-central", "eu-north", "eu-south", "us-east", "us-central", "us-west",
@@ -512,7 +495,7 @@ class Network:
     # -- spreading ------------------------------------------------------------------------------
 
     def _key(self, key: int | None) -> int:
-        return int(self.rng.integers(0, 1 << KEY_BITS)) if key is None else key
+        return int(self.rng.integers(0, 1 << kernel.KEY_BITS)) if key is None else key
 
     def _size_ms(self, size_bytes: int) -> int:
         return size_bytes * 8 // (self.knobs.bandwidth_mbps * 1000)
@@ -561,18 +544,19 @@ class Network:
         count = spread_pass(src, t0, key, size_ms, k.jitter_ms, k.reorder, k.reorder_ms,
                             self._loss_possible, lo, hi, self._graph, self._links,
                             self._nodes, self._work, out_t, out_v, counts)  # fmt: skip
-        if counts[ERROR]:
+        if counts[kernel.ERROR]:
             return None
         out = Spread([], [])
         out.times, out.nodes = out_t[:count].copy(), out_v[:count].copy()
-        out.lost, out.blocked = int(counts[N_LOST]), int(counts[N_BLOCKED])
-        out.down, out.rejected = int(counts[N_DOWN]), int(counts[N_REJECTED])
+        out.lost, out.blocked = int(counts[kernel.LOST]), int(counts[kernel.BLOCKED])
+        out.down, out.rejected = int(counts[kernel.DOWN]), int(counts[kernel.REJECTED])
         return out
 
     def _spread_hop_by_hop(
         self, src: int, t0: int, delay: IntArray, coin: FloatArray, accept: tuple[int, int] | None
     ) -> Spread:
-        """The model's definition, one hop at a time; `WaveSpreader` must agree with it."""
+        """The model's definition, one hop at a time; `spread_kernel.spread_pass` must agree
+        with it."""
         links, nodes = self.links, self.nodes
         epoch = links.at(t0)
         cache = {epoch: self._weights(delay, coin, epoch)}
@@ -635,8 +619,7 @@ class Network:
         if k.duplicate <= 0 or not n:
             return
         again, gap = duplicate_draws(key, n, k.duplicate, k.jitter_ms)
-        hit = again.astype(np.bool_)
-        out.dup_times, out.dup_nodes = (out.times + gap)[hit], out.nodes[hit]
+        out.dup_times, out.dup_nodes = (out.times + gap)[again], out.nodes[again]
 
     def direct(self, src: int, t0: int, size_bytes: int, key: int | None = None) -> Spread:
         """One hop to each mesh neighbour, no validator and no forwarding: a hostile peer

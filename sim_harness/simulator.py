@@ -727,9 +727,7 @@ class Simulator:
             if real != own:
                 raise AssertionError(f"an honest core's announcement decodes otherwise: {real!r}")
             return real
-        if len(self._dcache) >= DECODE_CACHE_MAX:
-            del self._dcache[next(iter(self._dcache))]
-        self._dcache[data] = own
+        self._remember(data, own)
         return own
 
     def _decode(self, data: bytes) -> Signed[CapacityAnnouncement]:
@@ -741,12 +739,16 @@ class Simulator:
                 hit = decode_announcement(data, self._chain)
             except DecodeError as exc:
                 hit = exc
-            if len(self._dcache) >= DECODE_CACHE_MAX:
-                del self._dcache[next(iter(self._dcache))]
-            self._dcache[data] = hit
+            self._remember(data, hit)
         if isinstance(hit, DecodeError):
             raise type(hit)(*hit.args)
         return hit
+
+    def _remember(self, data: bytes, hit: Signed[CapacityAnnouncement] | DecodeError) -> None:
+        """Put a decoding in the bounded memo, dropping the oldest when it is full."""
+        if len(self._dcache) >= DECODE_CACHE_MAX:
+            del self._dcache[next(iter(self._dcache))]
+        self._dcache[data] = hit
 
     # -- faults and lifecycle -------------------------------------------------------------------
 

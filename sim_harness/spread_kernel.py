@@ -35,13 +35,13 @@ import numpy.typing as npt
 F = TypeVar("F", bound=Callable[..., Any])
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
 U64 = np.uint64
 
 NEVER = 1 << 62
 MASK64 = (1 << 64) - 1
 KEY_BITS = 63
 """Message keys are below 2**63 so that numba takes them as int64."""
-LOST_ROUTE, DOWN_ROUTE = -2, -1
 (LOST, BLOCKED, DOWN, REJECTED, ERROR) = range(5)
 """Slots of the counts array `spread_pass` fills; ERROR is set when a hop weighs < 1 ms,
 which the bucket queue cannot order (the caller then runs the Python pass)."""
@@ -126,15 +126,15 @@ def draw_hops(
 
 
 @_compiled
-def duplicate_draws(key: int, count: int, duplicate: float, jitter_ms: int) -> tuple[I64, I64]:
-    """For each of `count` first arrivals: whether its node is handed a second copy (1/0)
-    and how many ms after the first (1 .. jitter_ms + 1)."""
-    again = np.zeros(count, np.int64)
+def duplicate_draws(key: int, count: int, duplicate: float, jitter_ms: int) -> tuple[Bools, I64]:
+    """For each of `count` first arrivals: whether its node is handed a second copy and how
+    many ms after the first (1 .. jitter_ms + 1)."""
+    again = np.zeros(count, np.bool_)
     gap = np.zeros(count, np.int64)
     k = np.int64(np.uint64(key) ^ np.uint64(DUP_STREAM)) & np.int64(0x7FFF_FFFF_FFFF_FFFF)
     for i in range(count):
         if _unit(_draw(k, i, 0)) < duplicate:
-            again[i] = 1
+            again[i] = True
             gap[i] = 1 + np.int64(_draw(k, i, 1) % np.uint64(jitter_ms + 1))
     return again, gap
 

@@ -832,15 +832,11 @@ def _trade_in(
     (penalties included) is kept. The tight markets' usual miss is one such trade: the
     optimum leaves out one replica fewer. Returns the jobs left out, in job order."""
     out = set(dropped)
-    on_node = state.on_node
     for u in sorted(dropped, key=lambda a: (-jobs[a].redundancy, a)):
         if u not in out:
             continue
         k = jobs[u].redundancy
-        victims = sorted(
-            {a for _, i in state.cands_of[u] for a in on_node[i] if jobs[a].redundancy <= k},
-            key=lambda a: (jobs[a].redundancy, a),
-        )
+        victims = sorted(_trade_victims(state, jobs, u), key=lambda a: (jobs[a].redundancy, a))
         budget[0] -= len(victims)
         for v in victims:
             budget[0] -= RUIN_ROUND_STEPS // 5
@@ -862,6 +858,13 @@ def _trade_in(
                 break
             state.rollback()
     return sorted(out)
+
+
+def _trade_victims(state: _Placement, jobs: list[JobRequest], u: int) -> set[int]:
+    """The placed jobs a trade may give up for left-out job `u`: those with a replica on one
+    of its fitting nodes and no more replicas than it (so the trade never loses replicas)."""
+    k = jobs[u].redundancy
+    return {a for _, i in state.cands_of[u] for a in state.on_node[i] if jobs[a].redundancy <= k}
 
 
 class _Draws:
@@ -1000,10 +1003,7 @@ def _trade_round(
     (2 x 4 GPU) one whose fitting nodes are full gains one; a trade of equals moves the
     search along a plateau. Returns [v, u] (empty if there is no `v`) and the jobs left
     out after."""
-    k = jobs[u].redundancy
-    victims = sorted(
-        {a for _, i in state.cands_of[u] for a in state.on_node[i] if jobs[a].redundancy <= k}
-    )
+    victims = sorted(_trade_victims(state, jobs, u))
     budget[0] -= RUIN_ROUND_STEPS + len(victims)
     if not victims:
         return [], out
