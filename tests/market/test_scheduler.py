@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from bench.scheduler import exact_optimum, quality_weights, random_instance
 from consensus.market import scheduler as scheduler_module
+from consensus.market.fit import _Prepared
+from consensus.market.placement import _Placement
 from consensus.market.scheduler import (
     DEFAULT_WEIGHTS,
     Assignment,
@@ -22,8 +24,6 @@ from consensus.market.scheduler import (
     NodeOffer,
     Reason,
     Unassigned,
-    _Placement,
-    _Prepared,
     check_assignment,
     cost,
     fits,

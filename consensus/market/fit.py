@@ -1,0 +1,408 @@
+"""The market's vocabulary and its first question, does this node fit this job and at what
+cost: the records a schedule is made of (`JobRequest`, `NodeOffer`, `Assignment`,
+`Unassigned` with its `Reason` code), the committed scoring policy (`ScoreWeights`), `fits`
+and `cost` one pair at a time, and `_Prepared`, the same checks unrolled over all offers
+for a scheduling call.
+
+Pure and integer-only like the rest of `consensus.market`: every member computes the same
+fit, the same reason and the same cost from the same committed inputs. See
+`consensus.market.scheduler` for how a schedule is searched.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from p2p.announcements import GpuSpec
+
+PERMILLE = 1000
+SPEED_CAP_PERMILLE = 2000
+"""Speeds above twice nominal score as twice nominal: a node cannot buy unbounded priority by
+reporting (or briefly measuring) an absurd speed."""
+
+
+class Reason(enum.IntEnum):
+    """Why a job was not assigned. The codes are committed, so they never change meaning.
+
+    The values 1..7 follow the order in which `fits` checks a node: when no node fits, the job
+    gets the reason of the node that came closest (passed the most checks), which is the most
+    useful thing to tell a submitter ("your price is too low", not "wrong model" because one
+    node far away has other GPUs)."""
+
+    NO_NODES = 0
+    """There are no offers at all."""
+    NO_FIT_MODEL = 1
+    """No GPUs of the requested model."""
+    NO_FIT_MEMORY = 2
+    """The model is there, but no GPU of it has the memory asked for."""
+    NOT_ENOUGH_GPUS = 3
+    """Fitting GPUs exist, but fewer than `gpus_needed` on any one node."""
+    NO_FIT_REGION = 4
+    PRICE_TOO_LOW = 5
+    """The job's `max_price_per_gpu_hour` is below the node's asking price."""
+    RTT_TOO_HIGH = 6
+    """Measured (or estimated) round-trip time to the submitter above the job's `max_rtt_ms`."""
+    NO_CAPACITY = 7
+    """Nodes fit, but not enough of them (on distinct operators) have free GPUs left."""
+    NOT_ENOUGH_OPERATORS = 8
+    """Fitting nodes exist, but on fewer than k distinct operators."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A pending job: k replicas, each needing `gpus_needed` GPUs on one node."""
+
+    job_id: bytes
+    submitter: bytes
+    gpus_needed: int = 1
+    min_memory_mib: int = 0
+    gpu_model: str | None = None
+    """Exact model name, case-insensitive; None takes any model."""
+    region: str | None = None
+    """Where the job must run; None runs anywhere."""
+    max_rtt_ms: int | None = None
+    """Round-trip time limit between the node and the submitter; None has no limit."""
+    redundancy: int = 1
+    """k: the number of replicas, each on a distinct operator."""
+    max_price_per_gpu_hour: int = 2**63
+    submitter_region: str | None = None
+    """Only for the RTT fallback when no RTT to the submitter has been measured."""
+
+    def __post_init__(self) -> None:
+        if self.gpus_needed < 1 or self.redundancy < 1:
+            raise ValueError("a job needs at least one GPU and at least one replica")
+        if self.min_memory_mib < 0 or self.max_price_per_gpu_hour < 0:
+            raise ValueError("memory and price must not be negative")
+        if self.max_rtt_ms is not None and self.max_rtt_ms < 0:
+            raise ValueError("max_rtt_ms must not be negative")
+
+
+@dataclass(frozen=True)
+class NodeOffer:
+    """A node's offer as the market sees it: announced inventory and price, plus what the
+    network measured about it (reputation, speed against its class's nominal, RTTs)."""
+
+    node_id: bytes
+    operator: bytes
+    gpus: tuple[GpuSpec, ...]
+    free_gpus: int
+    region: str
+    price_per_gpu_hour: int
+    reputation_permille: int = PERMILLE
+    speed_permille: int = PERMILLE
+    """Measured throughput against the nominal of its GPU class (1000 = as rated)."""
+    rtt_ms: tuple[tuple[bytes, int], ...] = ()
+    """(submitter, measured round-trip ms) pairs, gossiped; a tuple so the offer is hashable."""
+    _rtt: dict[bytes, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.free_gpus < 0 or self.free_gpus > sum(g.count for g in self.gpus):
+            raise ValueError("free_gpus must be between 0 and the GPUs offered")
+        if not 0 <= self.reputation_permille <= PERMILLE or self.speed_permille < 0:
+            raise ValueError("reputation must be 0..1000 and speed non-negative")
+        if self.price_per_gpu_hour < 0 or any(ms < 0 for _, ms in self.rtt_ms):
+            raise ValueError("price and RTTs must not be negative")
+        object.__setattr__(self, "_rtt", dict(self.rtt_ms))
+
+    @property
+    def gpu_total(self) -> int:
+        return sum(g.count for g in self.gpus)
+
+    def matching_gpus(self, job: JobRequest) -> int:
+        """GPUs of the job's model (any, if none asked) with at least its memory."""
+        return _matching(self.gpus, _lower(job.gpu_model), job.min_memory_mib)
+
+
+@dataclass(frozen=True)
+class ScoreWeights:
+    """The policy of `cost`; committed like any other parameter, so every member scores
+    alike. Each term is a non-negative integer, lower is better:
+
+    - price: `price_per_gpu_hour * gpus_needed` (what the submitter pays per hour),
+    - rtt: round-trip ms to the submitter,
+    - reputation: `1000 - reputation_permille`,
+    - speed: `2000 - min(speed_permille, 2000)` (faster than nominal is rewarded, up to 2x),
+    - load: permille of the node's GPUs already busy (prefer free capacity: spread load).
+    """
+
+    price: int = 1
+    rtt: int = 20
+    reputation: int = 4
+    speed: int = 2
+    load: int = 1
+    same_region_rtt_ms: int = 20
+    """RTT assumed when none was measured and node and submitter declare the same region."""
+    unknown_rtt_ms: int = 150
+    """RTT assumed when none was measured and the regions differ or are not known."""
+    unassigned_penalty: int = 10**9
+    """What one unplaced replica costs when scoring a whole schedule (`total_cost`)."""
+
+
+DEFAULT_WEIGHTS = ScoreWeights()
+
+
+@dataclass(frozen=True)
+class Assignment:
+    job_id: bytes
+    node_ids: tuple[bytes, ...]
+    """One node per replica, in node id order."""
+    cost: int
+    """The sum of `cost(job, node)` over the replicas."""
+
+
+@dataclass(frozen=True)
+class Unassigned:
+    job_id: bytes
+    reason: Reason
+
+
+def _lower(model: str | None) -> str | None:
+    return model.lower() if model is not None else None
+
+
+def _matching(gpus: Iterable[GpuSpec], model: str | None, min_memory_mib: int) -> int:
+    return sum(
+        g.count
+        for g in gpus
+        if g.memory_mib >= min_memory_mib and (model is None or g.model.lower() == model)
+    )
+
+
+def rtt_estimate(job: JobRequest, node: NodeOffer, weights: ScoreWeights) -> int:
+    """The measured RTT between node and submitter; without one, a region-based guess."""
+    measured = node._rtt.get(job.submitter)
+    if measured is not None:
+        return measured
+    if job.submitter_region is not None and job.submitter_region == node.region:
+        return weights.same_region_rtt_ms
+    return weights.unknown_rtt_ms
+
+
+def fits(
+    job: JobRequest,
+    node: NodeOffer,
+    weights: ScoreWeights = DEFAULT_WEIGHTS,
+    free_gpus: int | None = None,
+) -> Reason | None:
+    """None if one replica of `job` can run on `node` now, else the first check that fails.
+
+    `free_gpus` overrides the announced free count (the scheduler passes what earlier
+    assignments in the same block left). The order of the checks is the order of `Reason`.
+    """
+    model = _lower(job.gpu_model)
+    if model is not None and not any(g.model.lower() == model for g in node.gpus):
+        return Reason.NO_FIT_MODEL
+    matching = node.matching_gpus(job)
+    if matching == 0:
+        return Reason.NO_FIT_MEMORY
+    if matching < job.gpus_needed:
+        return Reason.NOT_ENOUGH_GPUS
+    if job.region is not None and node.region != job.region:
+        return Reason.NO_FIT_REGION
+    if node.price_per_gpu_hour > job.max_price_per_gpu_hour:
+        return Reason.PRICE_TOO_LOW
+    if job.max_rtt_ms is not None and rtt_estimate(job, node, weights) > job.max_rtt_ms:
+        return Reason.RTT_TOO_HIGH
+    free = node.free_gpus if free_gpus is None else free_gpus
+    if free < job.gpus_needed:
+        return Reason.NO_CAPACITY
+    return None
+
+
+def _static_cost(node: NodeOffer, weights: ScoreWeights) -> int:
+    """The part of `cost` that does not depend on the job."""
+    total = node.gpu_total
+    load = (total - node.free_gpus) * PERMILLE // total if total else PERMILLE
+    speed = min(node.speed_permille, SPEED_CAP_PERMILLE)
+    return (
+        weights.reputation * (PERMILLE - node.reputation_permille)
+        + weights.speed * (SPEED_CAP_PERMILLE - speed)
+        + weights.load * load
+    )
+
+
+def cost(job: JobRequest, node: NodeOffer, weights: ScoreWeights = DEFAULT_WEIGHTS) -> int:
+    """The integer score of one replica of `job` on `node`; lower is better.
+
+    It uses the load the node announced, not what this block's earlier assignments added, so
+    a replica's cost does not depend on the order jobs are placed in: the proposer's figures
+    can be checked one by one, and the schedule's total is a fixed linear objective that an
+    exact solver can be compared on."""
+    return (
+        weights.price * node.price_per_gpu_hour * job.gpus_needed
+        + weights.rtt * rtt_estimate(job, node, weights)
+        + _static_cost(node, weights)
+    )
+
+
+def unfit_reason(
+    job: JobRequest, nodes: Sequence[NodeOffer], weights: ScoreWeights = DEFAULT_WEIGHTS
+) -> Reason | None:
+    """Why `job` cannot be placed on these offers even before anything else is placed, or
+    None if it can (its k replicas fit, with announced free GPUs, on k distinct operators)."""
+    if not nodes:
+        return Reason.NO_NODES
+    operators: set[bytes] = set()
+    closest = Reason.NO_NODES
+    for node in nodes:
+        reason = fits(job, node, weights)
+        if reason is None:
+            operators.add(node.operator)
+        elif reason > closest:
+            closest = reason
+    return _unfit_verdict(closest, len(operators), job.redundancy)
+
+
+def _unfit_verdict(closest: Reason, operators: int, redundancy: int) -> Reason | None:
+    """No operator fits: the closest node's reason; too few: NOT_ENOUGH_OPERATORS."""
+    if operators == 0:
+        return closest
+    if operators < redundancy:
+        return Reason.NOT_ENOUGH_OPERATORS
+    return None
+
+
+class _Prepared:
+    """The offers in columns, sorted by node id, with the job-independent work done once per
+    call: a job then costs one tight pass over the nodes and one sort of those that fit."""
+
+    def __init__(self, nodes: Sequence[NodeOffer], weights: ScoreWeights) -> None:
+        ordered = sorted(nodes, key=lambda n: n.node_id)
+        if len({n.node_id for n in ordered}) != len(ordered):
+            raise ValueError("node ids must be distinct")
+        self.nodes = ordered
+        self.weights = weights
+        self.region = [n.region for n in ordered]
+        self.price = [n.price_per_gpu_hour for n in ordered]
+        self.free = [n.free_gpus for n in ordered]
+        self.operator = [n.operator for n in ordered]
+        self.rtt = [n._rtt for n in ordered]
+        self.static = [_static_cost(n, weights) for n in ordered]
+        self._matching: dict[tuple[str | None, int], list[int]] = {}
+        self._has_model: dict[str | None, list[bool]] = {}
+        self._roomy: dict[tuple[str | None, int, int], list[int]] = {}
+        self._rtts: dict[tuple[bytes, str | None], list[int]] = {}
+        self._base: dict[tuple[bytes, str | None], list[int]] = {}
+
+    def matching(self, model: str | None, min_memory_mib: int) -> list[int]:
+        key = (model, min_memory_mib)
+        found = self._matching.get(key)
+        if found is None:
+            found = [_matching(n.gpus, model, min_memory_mib) for n in self.nodes]
+            self._matching[key] = found
+        return found
+
+    def roomy(self, model: str | None, min_memory_mib: int, need: int) -> list[int]:
+        """Indices of the nodes with `need` matching GPUs and as many announced free: the
+        job-independent part of `fits`, shared by every job asking the same (a backlog of a
+        thousand jobs asks a few dozen different things)."""
+        key = (model, min_memory_mib, need)
+        found = self._roomy.get(key)
+        if found is None:
+            free = self.free
+            found = [i for i, m in enumerate(self.matching(model, min_memory_mib))
+                     if m >= need and free[i] >= need]  # fmt: skip
+            self._roomy[key] = found
+        return found
+
+    def rtts(self, submitter: bytes, submitter_region: str | None) -> list[int]:
+        """`rtt_estimate` from every node to this submitter, computed once per submitter."""
+        key = (submitter, submitter_region)
+        found = self._rtts.get(key)
+        if found is None:
+            w = self.weights
+            same_ms, unknown_ms = w.same_region_rtt_ms, w.unknown_rtt_ms
+            found = [
+                rtt.get(submitter, same_ms if submitter_region == region else unknown_ms)
+                for rtt, region in zip(self.rtt, self.region, strict=True)
+            ]
+            self._rtts[key] = found
+        return found
+
+    def base_costs(self, submitter: bytes, submitter_region: str | None) -> list[int]:
+        """Per node, the part of `cost` that is not price: RTT to this submitter and the
+        node's static part, computed once per submitter."""
+        key = (submitter, submitter_region)
+        found = self._base.get(key)
+        if found is None:
+            w_rtt = self.weights.rtt
+            found = [w_rtt * r + s for r, s in zip(self.rtts(*key), self.static, strict=True)]
+            self._base[key] = found
+        return found
+
+    def candidates(self, job: JobRequest) -> list[tuple[int, int]]:
+        """(cost, node index) of every node `fits` accepts with announced free GPUs, cheapest
+        first, ties by node id. The same checks as `fits`, unrolled over columns (the tests
+        compare the two on random instances)."""
+        region, price_cap, rtt_cap = job.region, job.max_price_per_gpu_hour, job.max_rtt_ms
+        base = self.base_costs(job.submitter, job.submitter_region)
+        prices = self.price
+        w_price = self.weights.price * job.gpus_needed
+        roomy = self.roomy(_lower(job.gpu_model), job.min_memory_mib, job.gpus_needed)
+        if region is None and rtt_cap is None:
+            out = [(w_price * prices[i] + base[i], i) for i in roomy if prices[i] <= price_cap]
+        else:
+            rtts, regions = self.rtts(job.submitter, job.submitter_region), self.region
+            out = [
+                (w_price * prices[i] + base[i], i)
+                for i in roomy
+                if prices[i] <= price_cap
+                and (region is None or regions[i] == region)
+                and (rtt_cap is None or rtts[i] <= rtt_cap)
+            ]
+        out.sort()
+        return out
+
+    def unfit_reason(self, job: JobRequest) -> Reason | None:
+        """`unfit_reason(job, nodes)`, unrolled over the columns like `candidates` (the
+        tests compare the two): the scheduler asks it of every job short of operators, which
+        in an overloaded market is many."""
+        if not self.nodes:
+            return Reason.NO_NODES
+        w = self.weights
+        need = job.gpus_needed
+        model = _lower(job.gpu_model)
+        region, price_cap, rtt_cap = job.region, job.max_price_per_gpu_hour, job.max_rtt_ms
+        submitter, same_region = job.submitter, job.submitter_region
+        has_model = self.has_model(model)
+        matching = self.matching(model, job.min_memory_mib)
+        closest = Reason.NO_NODES
+        operators: set[bytes] = set()
+        for i, m in enumerate(matching):
+            if not has_model[i]:
+                reason = Reason.NO_FIT_MODEL
+            elif m == 0:
+                reason = Reason.NO_FIT_MEMORY
+            elif m < need:
+                reason = Reason.NOT_ENOUGH_GPUS
+            elif region is not None and self.region[i] != region:
+                reason = Reason.NO_FIT_REGION
+            elif self.price[i] > price_cap:
+                reason = Reason.PRICE_TOO_LOW
+            else:
+                rtt = self.rtt[i].get(submitter)
+                if rtt is None:
+                    rtt = (
+                        w.same_region_rtt_ms if same_region == self.region[i] else w.unknown_rtt_ms
+                    )
+                if rtt_cap is not None and rtt > rtt_cap:
+                    reason = Reason.RTT_TOO_HIGH
+                elif self.free[i] < need:
+                    reason = Reason.NO_CAPACITY
+                else:
+                    operators.add(self.operator[i])
+                    continue
+            if reason > closest:
+                closest = reason
+        return _unfit_verdict(closest, len(operators), job.redundancy)
+
+    def has_model(self, model: str | None) -> list[bool]:
+        found = self._has_model.get(model)
+        if found is None:
+            found = [
+                model is None or any(g.model.lower() == model for g in n.gpus) for n in self.nodes
+            ]
+            self._has_model[model] = found
+        return found

@@ -1,0 +1,275 @@
+"""Placing jobs on nodes within one scheduling call: the journaled placement state
+(`_Placement`), the greedy pass in one job order, and the repair that makes room for a job
+left out by a chain of moves (`_best_chain`). `consensus.market.scheduler` runs these for
+each job order and keeps the cheapest result; `consensus.market.search` improves it.
+
+Every loop is bounded by a step budget passed in as a one-item list (a count, never a
+clock), so every member stops at the same place.
+"""
+
+from __future__ import annotations
+
+from consensus.market.fit import JobRequest, _Prepared
+
+REPAIR_BUDGET = 12_000
+"""Inner steps the repair passes may take per call, shared by the job orders tried: it bounds
+the decision time whatever the instance, and being a count (not a clock) it stops at the
+same place on every member."""
+
+
+class _Placement:
+    """The mutable state of one `schedule` call: free GPUs left per node and who sits where.
+
+    Every change can be journaled (`mark` / `rollback`), so a tentative rearrangement costs
+    only the moves it makes, not a copy of the whole state, and `delta` keeps the change in
+    total assignment cost since the mark."""
+
+    def __init__(
+        self,
+        prep: _Prepared,
+        cands_of: dict[int, list[tuple[int, int]]],
+        costs: dict[int, dict[int, int]],
+    ) -> None:
+        self.prep = prep
+        self.left = list(prep.free)
+        self.on_node: list[dict[int, int]] = [{} for _ in prep.nodes]
+        """node index -> {job number: cost of that replica}."""
+        self.nodes_of: dict[int, list[int]] = {}
+        """job number -> node indices of its placed replicas (a job with none has no key)."""
+        self.costs = costs
+        """job number -> {node index: cost} over its fitting nodes (shared, read only)."""
+        self.cands_of = cands_of
+        """job number -> its fitting nodes as (cost, node index), cheapest first."""
+        self.journal: list[tuple[int, int, int, int, int]] | None = None
+        """(op, job, need, node, other) per change since `mark`; None when not journaling."""
+        self.delta = 0
+
+    def put(self, j: int, need: int, i: int, c: int) -> None:
+        self.left[i] -= need
+        self.on_node[i][j] = c
+        self.nodes_of.setdefault(j, []).append(i)
+        self.delta += c
+        if self.journal is not None:
+            self.journal.append((0, j, need, i, c))
+
+    def take(self, j: int, need: int, i: int) -> int:
+        self.left[i] += need
+        placed = self.nodes_of[j]
+        placed.remove(i)
+        if not placed:
+            del self.nodes_of[j]
+        c = self.on_node[i].pop(j)
+        self.delta -= c
+        if self.journal is not None:
+            self.journal.append((1, j, need, i, c))
+        return c
+
+    def move(self, j: int, need: int, src: int, dst: int) -> None:
+        self.left[src] += need
+        old = self.on_node[src].pop(j)
+        self.left[dst] -= need
+        new = self.on_node[dst][j] = self.costs[j][dst]
+        placed = self.nodes_of[j]
+        placed[placed.index(src)] = dst
+        self.delta += new - old
+        if self.journal is not None:
+            self.journal.append((2, j, need, src, dst))
+
+    def mark(self) -> None:
+        """Start journaling afresh: `rollback` returns to this point."""
+        self.journal = []
+        self.delta = 0
+
+    def rollback(self) -> None:
+        """Undo every change since `mark`, newest first."""
+        journal, self.journal = self.journal, None
+        assert journal is not None
+        for op, j, need, a, b in reversed(journal):
+            if op == 0:
+                self.take(j, need, a)
+            elif op == 1:
+                self.put(j, need, a, b)
+            else:
+                self.move(j, need, b, a)
+        self.delta = 0
+
+
+ORDERS = ("fewest_spare_operators", "most_replicas", "most_gpus")
+"""The job orders `schedule` tries; it keeps the cheapest result (ties: the first order).
+Fewest spare operators first protects the jobs with few places to go; most replicas, and
+most GPUs in all, first are first-fit-decreasing, which packs the big jobs that otherwise
+find no room left on enough operators. No single order wins on every instance (see
+bench/scheduler.py), and the candidate lists, the expensive part, are shared."""
+
+
+def _order_key(order: str, job: JobRequest, spare: int) -> tuple[int, int]:
+    demand = job.gpus_needed * job.redundancy
+    if order == "fewest_spare_operators":
+        return (spare, -demand)
+    if order == "most_replicas":
+        return (-job.redundancy, spare)
+    return (-demand, spare)
+
+
+def _place_all(
+    prep: _Prepared,
+    jobs: list[JobRequest],
+    cands_of: dict[int, list[tuple[int, int]]],
+    costs: dict[int, dict[int, int]],
+    spare_of: dict[int, int],
+    order: str,
+) -> tuple[_Placement, list[int], int]:
+    """One placement in one job order: greedy, then repair. `spare_of` gives each job's
+    operators beyond its k. Returns the state, the job numbers left out for want of
+    capacity, and the repair steps taken."""
+    state = _Placement(prep, cands_of, costs)
+    queue = sorted((_order_key(order, jobs[j], spare_of[j]), j) for j in cands_of)
+    left_out = [j for _, j in queue if not _place_greedy(state, j, jobs[j], cands_of[j])]
+    share = REPAIR_BUDGET // len(ORDERS)
+    budget = [share]
+    dropped = [j for j in left_out if not _place_with_ejection(state, j, jobs, cands_of[j], budget)]
+    return state, sorted(dropped), share - max(budget[0], 0)
+
+
+def _place_greedy(state: _Placement, j: int, job: JobRequest, cands: list[tuple[int, int]]) -> bool:
+    """The k cheapest nodes with room, on distinct operators; places them, or nothing."""
+    need, k = job.gpus_needed, job.redundancy
+    left, operator = state.left, state.prep.operator
+    room = [(c, i) for c, i in cands if left[i] >= need]
+    if len(room) < k:  # most of a full market's backlog ends here, in one quick filter
+        return False
+    picked: list[tuple[int, int]] = []
+    used: set[bytes] = set()
+    for c, i in room:
+        if operator[i] not in used:
+            picked.append((i, c))
+            used.add(operator[i])
+            if len(picked) == k:
+                for i2, c2 in picked:
+                    state.put(j, need, i2, c2)
+                return True
+    return False
+
+
+def _place_tight(state: _Placement, j: int, job: JobRequest, cands: list[tuple[int, int]]) -> bool:
+    """Like `_place_greedy`, but best fit: the nodes its replicas leave the least room on
+    (cost breaks ties), which packs tight capacity without scattering it."""
+    need, left = job.gpus_needed, state.left
+    by_room = sorted((left[i] - need, c, i) for c, i in cands if left[i] >= need)
+    return _place_greedy(state, j, job, [(c, i) for _, c, i in by_room])
+
+
+CHAIN_DEPTH = 3
+"""How many replicas one repair may move in a row to make room."""
+
+_Chain = tuple[tuple[int, int, int], ...]
+"""(moved job, from node, to node) for each move of a repair, in order."""
+
+
+def _best_chain(
+    state: _Placement,
+    j: int,
+    jobs: list[JobRequest],
+    cands: list[tuple[int, int]],
+    blocked: set[bytes],
+    budget: list[int],
+) -> tuple[int, int, _Chain] | None:
+    """The cheapest way to put one more replica of job `j` on a node of an operator not in
+    `blocked`: directly on a node with room, or on a full node after a chain of up to
+    CHAIN_DEPTH moves (the first move frees the node, the next frees the node the first one
+    moved to, and so on until a node with room). Returns (added cost, node, moves).
+
+    A replica too small to free the node alone may move to a node with room and leave the
+    rest to the next move on the same node: two 2-GPU replicas make room for a 4-GPU one,
+    which a tight market's packings need.
+
+    A layered search over states (node, GPUs still to free) with the cheapest chain reaching
+    each; moves may lower the cost (a replica can move to a cheaper node that the chain
+    frees), so every state of a layer is expanded, within the shared step budget."""
+    need = jobs[j].gpus_needed
+    left, operator, on_node = state.left, state.prep.operator, state.on_node
+    best: tuple[int, int, _Chain] | None = None
+    frontier: dict[tuple[int, int], tuple[int, int, _Chain]] = {}
+    budget[0] -= len(cands)
+    for c, i in cands:
+        if operator[i] in blocked:
+            continue
+        if left[i] >= need:
+            if best is None or (c, i) < best[:2]:
+                best = (c, i, ())
+        elif (i, need - left[i]) not in frontier:
+            frontier[(i, need - left[i])] = (c, i, ())
+    for depth in range(CHAIN_DEPTH):
+        grown: dict[tuple[int, int], tuple[int, int, _Chain]] = {}
+        deeper = depth + 1 < CHAIN_DEPTH
+        for (n, short), (c0, start, chain) in sorted(frontier.items()):
+            path = {start, *(dst for _, _, dst in chain)}
+            moved = {a for a, _, _ in chain}
+            budget[0] -= 1 + len(on_node[n])
+            for a, ca in sorted(on_node[n].items()):
+                a_need = jobs[a].gpus_needed
+                if a == j or a in moved or (a_need < short and not deeper):
+                    continue
+                a_ops = {operator[x] for x in state.nodes_of[a] if x != n}
+                base = c0 - ca
+                for cd, dst in state.cands_of[a]:
+                    budget[0] -= 1
+                    if budget[0] < 0:
+                        return best
+                    if dst in path or operator[dst] in a_ops:
+                        continue
+                    value = base + cd
+                    if a_need < short:
+                        if left[dst] >= a_need:
+                            key = (n, short - a_need)
+                            held = grown.get(key)
+                            if held is None or (value, start) < held[:2]:
+                                grown[key] = (value, start, (*chain, (a, n, dst)))
+                    elif left[dst] >= a_need:
+                        if best is None or (value, start) < best[:2]:
+                            best = (value, start, (*chain, (a, n, dst)))
+                    elif deeper:
+                        key = (dst, a_need - left[dst])
+                        held = grown.get(key)
+                        if held is None or (value, start) < held[:2]:
+                            grown[key] = (value, start, (*chain, (a, n, dst)))
+        frontier = grown
+    return best
+
+
+def _place_with_ejection(
+    state: _Placement,
+    j: int,
+    jobs: list[JobRequest],
+    cands: list[tuple[int, int]],
+    budget: list[int],
+) -> bool:
+    """Place job `j` replica by replica, each by its cheapest chain (`_best_chain`); all
+    undone if k replicas cannot be found."""
+    if budget[0] <= 0:
+        return False  # with no moves left, room is only what the greedy pass already saw
+    job = jobs[j]
+    need, k = job.gpus_needed, job.redundancy
+    left, operator = state.left, state.prep.operator
+    used: set[bytes] = set()
+    undo: list[tuple[int, int, int]] = []
+    picked: list[int] = []
+    while len(picked) < k:
+        found = _best_chain(state, j, jobs, cands, used, budget)
+        if found is None:
+            for a, src, dst in reversed(undo):
+                state.move(a, jobs[a].gpus_needed, dst, src)
+            for i in picked:
+                left[i] += need
+            return False
+        _, i, chain = found
+        for a, src, dst in reversed(chain):  # the last move first: it lands on free room
+            state.move(a, jobs[a].gpus_needed, src, dst)
+            undo.append((a, src, dst))
+        left[i] -= need
+        picked.append(i)
+        used.add(operator[i])
+    for i in picked:
+        left[i] += need
+        state.put(j, need, i, state.costs[j][i])
+    return True
