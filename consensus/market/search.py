@@ -73,6 +73,8 @@ def _trade_in(
     optimum leaves out one replica fewer. Returns the jobs left out, in job order."""
     out = set(dropped)
     for u in sorted(dropped, key=lambda a: (-jobs[a].redundancy, a)):
+        if budget[0] <= 0:  # a trade would stop at its first step: none can be made
+            break
         if u not in out:
             continue
         k = jobs[u].redundancy
