@@ -151,6 +151,9 @@ class ConsensusEngine(App):
         Bounded by VERIFIED_MAX (cleared when full)."""
         self._relay: list[bytes] = []
         self._next_relay_ms = now_ms + config.bft.rebroadcast_ms
+        self._relay_ticks = 0
+        """Relay ticks since the last commit: like re-sends, they back off while a height
+        stalls (`BftConfig.rebroadcast_after`)."""
         self._forward: dict[bytes, None] = {}
         """Client transactions to forward at the next tick, in order, each once."""
         self._next_forward_ms = 0
@@ -366,6 +369,8 @@ class ConsensusEngine(App):
         self._event("block_committed", height=h, txs=len(outcome.receipts),
                     rejected=len(outcome.rejected), round=commit.cert.round)  # fmt: skip
         self.last_commit_ms = now_ms
+        self._relay_ticks = 0
+        self._next_relay_ms = min(self._next_relay_ms, now_ms + self.config.bft.rebroadcast_ms)
         self._new_height(now_ms)
 
     def _new_height(self, now_ms: int) -> None:
@@ -482,7 +487,8 @@ class ConsensusEngine(App):
             self._relay_to_members(hub.take())
         if now_ms >= self._next_relay_ms:
             rebroadcast_ms = self.config.bft.rebroadcast_ms
-            self._next_relay_ms = now_ms + rebroadcast_ms
+            self._relay_ticks += 1
+            self._next_relay_ms = now_ms + self.config.bft.rebroadcast_after(self._relay_ticks)
             if hub is not None and now_ms - self.last_commit_ms < rebroadcast_ms:
                 self._relay = []  # a quick height: its hub relayed what mattered
             elif self._relay and self.me in self.chain.committee:

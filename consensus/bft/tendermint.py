@@ -169,6 +169,8 @@ class HeightMachine:
         self._done36: set[int] = set()
         self._evidence_sent: set[tuple[bytes, int, int]] = set()
         self._next_rebroadcast_ms = now_ms + config.rebroadcast_ms
+        self._rebroadcasts = 0
+        """Re-sends in this height so far (they back off: `BftConfig.rebroadcast_after`)."""
         self._propose_retry_ms: int | None = None
         self.counts: dict[str, int] = {}
         for st in restored or ():
@@ -237,7 +239,8 @@ class HeightMachine:
                 self._timeout(step, r, now_ms)
         if now_ms >= self._next_rebroadcast_ms:
             self._rebroadcast()
-            self._next_rebroadcast_ms = now_ms + self.config.rebroadcast_ms
+            self._rebroadcasts += 1
+            self._next_rebroadcast_ms = now_ms + self.config.rebroadcast_after(self._rebroadcasts)
         self._evaluate(now_ms)
 
     def resume_voting(self, now_ms: int) -> None:

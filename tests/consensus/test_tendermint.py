@@ -317,6 +317,21 @@ def test_rebroadcast_resends_the_current_rounds_statements() -> None:
     assert not [a for a in acts if isinstance(a, Persist)]  # nothing newly signed
 
 
+def test_rebroadcasts_back_off_while_the_height_stalls() -> None:
+    """Each re-send waits twice as long as the last, up to rebroadcast_backoff_max times
+    rebroadcast_ms: a stalled (overloaded) committee is not fed a round of frames every
+    second. Timeouts are out of reach here, so only re-sends go out."""
+    cfg = BftConfig(timeout_propose_ms=10**9, timeout_vote_ms=10**9)
+    assert [cfg.rebroadcast_after(k) for k in range(6)] == [1_000, 2_000, 4_000, 8_000,
+                                                             8_000, 8_000]  # fmt: skip
+    d = Driver(not_leader(0), config=cfg)
+    d.propose(0, A)
+    resent = [t for t in range(100, 40_001, 100)
+              if any(isinstance(a, Broadcast) for a in d.at(t))]  # fmt: skip
+    assert resent == [1_000, 3_000, 7_000, 15_000, 23_000, 31_000, 39_000]
+    assert d.m.next_wake_ms() == 47_000
+
+
 # -- locking ---------------------------------------------------------------------------------
 
 
