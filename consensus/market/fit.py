@@ -361,11 +361,10 @@ class _Prepared:
         in an overloaded market is many."""
         if not self.nodes:
             return Reason.NO_NODES
-        w = self.weights
         need = job.gpus_needed
         model = _lower(job.gpu_model)
         region, price_cap, rtt_cap = job.region, job.max_price_per_gpu_hour, job.max_rtt_ms
-        submitter, same_region = job.submitter, job.submitter_region
+        rtts = self.rtts(job.submitter, job.submitter_region)
         has_model = self.has_model(model)
         matching = self.matching(model, job.min_memory_mib)
         closest = Reason.NO_NODES
@@ -382,12 +381,7 @@ class _Prepared:
             elif self.price[i] > price_cap:
                 reason = Reason.PRICE_TOO_LOW
             else:
-                rtt = self.rtt[i].get(submitter)
-                if rtt is None:
-                    rtt = (
-                        w.same_region_rtt_ms if same_region == self.region[i] else w.unknown_rtt_ms
-                    )
-                if rtt_cap is not None and rtt > rtt_cap:
+                if rtt_cap is not None and rtts[i] > rtt_cap:
                     reason = Reason.RTT_TOO_HIGH
                 elif self.free[i] < need:
                     reason = Reason.NO_CAPACITY
