@@ -15,9 +15,13 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from p2p.announcements import GpuSpec
 
 PERMILLE = 1000
+_INT64_SAFE = 1 << 62
+"""Above this, `_Prepared.candidates_many` leaves int64 for Python ints."""
 SPEED_CAP_PERMILLE = 2000
 """Speeds above twice nominal score as twice nominal: a node cannot buy unbounded priority by
 reporting (or briefly measuring) an absurd speed."""
@@ -264,6 +268,30 @@ def _unfit_verdict(closest: Reason, operators: int, redundancy: int) -> Reason |
     return None
 
 
+@dataclass(frozen=True)
+class CandidateTable:
+    """Per job (in the order asked): its `_Prepared.candidates` list, the same as a map node
+    index -> cost, its fitting nodes as a bit set (bit i: node index i), and how many distinct
+    operators they belong to."""
+
+    lists: list[list[tuple[int, int]]]
+    costs: list[dict[int, int]]
+    bits: list[int]
+    operators: list[int]
+
+    @classmethod
+    def of_lists(
+        cls, lists: list[list[tuple[int, int]]], operator: Sequence[bytes]
+    ) -> CandidateTable:
+        """The table derived from the lists, one job at a time."""
+        return cls(
+            lists=lists,
+            costs=[{i: c for c, i in cands} for cands in lists],
+            bits=[sum(1 << i for _, i in cands) for cands in lists],
+            operators=[len({operator[i] for _, i in cands}) for cands in lists],
+        )
+
+
 class _Prepared:
     """The offers in columns, sorted by node id, with the job-independent work done once per
     call: a job then costs one tight pass over the nodes and one sort of those that fit."""
@@ -354,6 +382,78 @@ class _Prepared:
             ]
         out.sort()
         return out
+
+    def candidate_table(self, jobs: Sequence[JobRequest]) -> CandidateTable:
+        """`candidates` of every job, and what the scheduler derives from each list, for all
+        jobs at once as integer numpy arrays (jobs x nodes): a backlog of a thousand jobs on a
+        hundred offers is a hundred thousand fit checks and costs, which took a third of a
+        call one job at a time.
+
+        Exact: int64 sums and comparisons, a stable sort by cost (ties by node index, as the
+        tuples sort), operators counted as small integers. Values that could overflow int64
+        (absurd prices, RTTs or weights) take the one-job-at-a-time path instead
+        (`CandidateTable.of_lists`), which gives the same table (tests compare the two)."""
+        n = len(self.nodes)
+        if not jobs or not n:
+            return CandidateTable.of_lists([[] for _ in jobs], self.operator)
+        subs: dict[tuple[bytes, str | None], int] = {}
+        keys: dict[tuple[str | None, int, int], int] = {}
+        regions = {r: k for k, r in enumerate(sorted(set(self.region)))}
+        rows = []
+        for job in jobs:
+            sub = subs.setdefault((job.submitter, job.submitter_region), len(subs))
+            need = job.gpus_needed
+            ask = keys.setdefault((_lower(job.gpu_model), job.min_memory_mib, need), len(keys))
+            region = -1 if job.region is None else regions.get(job.region, -2)
+            rtt_cap = -1 if job.max_rtt_ms is None else job.max_rtt_ms
+            cap = min(job.max_price_per_gpu_hour, _INT64_SAFE)
+            rows.append((sub, ask, need, cap, region, rtt_cap))
+        base = [self.base_costs(*s) for s in subs]
+        rtts = [self.rtts(*s) for s in subs]
+        w_price = self.weights.price
+        widest = max(max(map(max, base)), -min(map(min, base)))
+        largest = abs(w_price) * max(r[2] for r in rows) * max(self.price) + widest
+        if max(largest, max(self.price), max(map(max, rtts)), max(r[5] for r in rows)) >= (
+            _INT64_SAFE
+        ):
+            return CandidateTable.of_lists([self.candidates(job) for job in jobs], self.operator)
+        sub_of, key_of, need, cap, region, rtt_cap = np.array(rows, np.int64).T
+        roomy = np.zeros((len(keys), n), np.bool_)
+        for (model, memory, gpus), k in keys.items():
+            roomy[k, self.roomy(model, memory, gpus)] = True
+        price = np.array(self.price, np.int64)
+        fit = roomy[key_of] & (price[None, :] <= cap[:, None])
+        if (region != -1).any():
+            node_region = np.array([regions[r] for r in self.region], np.int64)
+            fit &= (region[:, None] == -1) | (node_region[None, :] == region[:, None])
+        if (rtt_cap >= 0).any():
+            rtt = np.array(rtts, np.int64)[sub_of]
+            fit &= (rtt_cap[:, None] < 0) | (rtt <= rtt_cap[:, None])
+        cost = (w_price * need)[:, None] * price[None, :] + np.array(base, np.int64)[sub_of]
+        cost[~fit] = _INT64_SAFE
+        order = np.argsort(cost, axis=1, kind="stable")
+        ranked = np.take_along_axis(cost, order, axis=1)
+        kept = ranked < _INT64_SAFE  # each row's fitting nodes come first, in cost order
+        flat_costs, flat_nodes = ranked[kept].tolist(), order[kept].tolist()
+        pairs = list(zip(flat_costs, flat_nodes, strict=True))
+        ends = np.cumsum(kept.sum(axis=1)).tolist()
+        spans = list(zip([0, *ends], ends, strict=False))
+        width = (n + 7) // 8
+        packed = np.packbits(fit, axis=1, bitorder="little").tobytes()
+        op_ids = {op: k for k, op in enumerate(sorted(set(self.operator)))}
+        owner = np.zeros((n, len(op_ids)), np.float32)
+        owner[np.arange(n), [op_ids[op] for op in self.operator]] = 1.0
+        # counts of at most n nodes: exact in float32, whatever order the sums run in
+        operators = ((fit.astype(np.float32) @ owner) > 0).sum(axis=1).tolist()
+        return CandidateTable(
+            lists=[pairs[a:b] for a, b in spans],
+            costs=[dict(zip(flat_nodes[a:b], flat_costs[a:b], strict=True)) for a, b in spans],
+            bits=[
+                int.from_bytes(packed[j * width : (j + 1) * width], "little")
+                for j in range(len(jobs))
+            ],
+            operators=operators,
+        )
 
     def unfit_reason(self, job: JobRequest) -> Reason | None:
         """`unfit_reason(job, nodes)`, unrolled over the columns like `candidates` (the

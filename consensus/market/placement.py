@@ -29,9 +29,21 @@ class _Placement:
         prep: _Prepared,
         cands_of: dict[int, list[tuple[int, int]]],
         costs: dict[int, dict[int, int]],
+        cand_bits: dict[int, int],
+        max_need: int,
     ) -> None:
         self.prep = prep
         self.left = list(prep.free)
+        self.cand_bits = cand_bits
+        """job number -> its fitting nodes as a bit set (bit i: node index i; shared)."""
+        self.max_need = max_need
+        self.room_bits = [0] * (max_need + 1)
+        """room_bits[g]: the nodes with at least g GPUs left, as a bit set (g <= max_need).
+        `_place_greedy` turns most jobs of a full market away with one AND and a bit count
+        instead of a pass over their candidates. Every change of `left` goes through `put`,
+        `take`, `move` or `hold`, which keep it."""
+        for i, free in enumerate(self.left):
+            self._room_changed(i, 0, free)
         self.on_node: list[dict[int, int]] = [{} for _ in prep.nodes]
         """node index -> {job number: cost of that replica}."""
         self.nodes_of: dict[int, list[int]] = {}
@@ -44,8 +56,26 @@ class _Placement:
         """(op, job, need, node, other) per change since `mark`; None when not journaling."""
         self.delta = 0
 
+    def _room_changed(self, i: int, old: int, new: int) -> None:
+        bits, top = self.room_bits, self.max_need
+        if new > old:
+            bit = 1 << i
+            for g in range(max(old, 0) + 1, min(new, top) + 1):
+                bits[g] |= bit
+        else:
+            clear = ~(1 << i)
+            for g in range(max(new, 0) + 1, min(old, top) + 1):
+                bits[g] &= clear
+
+    def hold(self, i: int, gpus: int) -> None:
+        """Set `gpus` of node i aside (negative: give them back) outside any job's record:
+        a repair reserves each replica's node while it looks for the next one."""
+        self.left[i] -= gpus
+        self._room_changed(i, self.left[i] + gpus, self.left[i])
+
     def put(self, j: int, need: int, i: int, c: int) -> None:
         self.left[i] -= need
+        self._room_changed(i, self.left[i] + need, self.left[i])
         self.on_node[i][j] = c
         self.nodes_of.setdefault(j, []).append(i)
         self.delta += c
@@ -54,6 +84,7 @@ class _Placement:
 
     def take(self, j: int, need: int, i: int) -> int:
         self.left[i] += need
+        self._room_changed(i, self.left[i] - need, self.left[i])
         placed = self.nodes_of[j]
         placed.remove(i)
         if not placed:
@@ -66,8 +97,10 @@ class _Placement:
 
     def move(self, j: int, need: int, src: int, dst: int) -> None:
         self.left[src] += need
+        self._room_changed(src, self.left[src] - need, self.left[src])
         old = self.on_node[src].pop(j)
         self.left[dst] -= need
+        self._room_changed(dst, self.left[dst] + need, self.left[dst])
         new = self.on_node[dst][j] = self.costs[j][dst]
         placed = self.nodes_of[j]
         placed[placed.index(src)] = dst
@@ -116,13 +149,15 @@ def _place_all(
     jobs: list[JobRequest],
     cands_of: dict[int, list[tuple[int, int]]],
     costs: dict[int, dict[int, int]],
+    cand_bits: dict[int, int],
     spare_of: dict[int, int],
     order: str,
 ) -> tuple[_Placement, list[int], int]:
     """One placement in one job order: greedy, then repair. `spare_of` gives each job's
     operators beyond its k. Returns the state, the job numbers left out for want of
     capacity, and the repair steps taken."""
-    state = _Placement(prep, cands_of, costs)
+    max_need = max((jobs[j].gpus_needed for j in cands_of), default=0)
+    state = _Placement(prep, cands_of, costs, cand_bits, max_need)
     queue = sorted((_order_key(order, jobs[j], spare_of[j]), j) for j in cands_of)
     left_out = [j for _, j in queue if not _place_greedy(state, j, jobs[j], cands_of[j])]
     share = REPAIR_BUDGET // len(ORDERS)
@@ -134,9 +169,11 @@ def _place_all(
 def _place_greedy(state: _Placement, j: int, job: JobRequest, cands: list[tuple[int, int]]) -> bool:
     """The k cheapest nodes with room, on distinct operators; places them, or nothing."""
     need, k = job.gpus_needed, job.redundancy
+    if (state.cand_bits[j] & state.room_bits[need]).bit_count() < k:
+        return False  # fewer than k of its nodes have room: most of a full market's backlog
     left, operator = state.left, state.prep.operator
     room = [(c, i) for c, i in cands if left[i] >= need]
-    if len(room) < k:  # most of a full market's backlog ends here, in one quick filter
+    if len(room) < k:
         return False
     picked: list[tuple[int, int]] = []
     used: set[bytes] = set()
@@ -187,7 +224,12 @@ def _best_chain(
     each; moves may lower the cost (a replica can move to a cheaper node that the chain
     frees), so every state of a layer is expanded, within the shared step budget."""
     need = jobs[j].gpus_needed
-    left, operator, on_node = state.left, state.prep.operator, state.on_node
+    left, operator, on_node, cands_of = (
+        state.left,
+        state.prep.operator,
+        state.on_node,
+        state.cands_of,
+    )
     best: tuple[int, int, _Chain] | None = None
     frontier: dict[tuple[int, int], tuple[int, int, _Chain]] = {}
     budget[0] -= len(cands)
@@ -199,41 +241,56 @@ def _best_chain(
                 best = (c, i, ())
         elif (i, need - left[i]) not in frontier:
             frontier[(i, need - left[i])] = (c, i, ())
+    b = budget[0]  # kept in a local, written back before every return
     for depth in range(CHAIN_DEPTH):
         grown: dict[tuple[int, int], tuple[int, int, _Chain]] = {}
         deeper = depth + 1 < CHAIN_DEPTH
         for (n, short), (c0, start, chain) in sorted(frontier.items()):
             path = {start, *(dst for _, _, dst in chain)}
             moved = {a for a, _, _ in chain}
-            budget[0] -= 1 + len(on_node[n])
+            b -= 1 + len(on_node[n])
             for a, ca in sorted(on_node[n].items()):
                 a_need = jobs[a].gpus_needed
                 if a == j or a in moved or (a_need < short and not deeper):
                     continue
                 a_ops = {operator[x] for x in state.nodes_of[a] if x != n}
                 base = c0 - ca
-                for cd, dst in state.cands_of[a]:
-                    budget[0] -= 1
-                    if budget[0] < 0:
-                        return best
-                    if dst in path or operator[dst] in a_ops:
-                        continue
-                    value = base + cd
-                    if a_need < short:
-                        if left[dst] >= a_need:
-                            key = (n, short - a_need)
+                # One step per destination looked at: when the budget runs out inside this
+                # list, the destinations it still pays for are looked at, and the search ends.
+                dsts = cands_of[a]
+                stop = len(dsts) > max(b, 0)
+                if stop:
+                    dsts = dsts[: max(b, 0)]
+                    b = min(b, 0) - 1
+                else:
+                    b -= len(dsts)
+                if a_need < short:  # frees part of the node; another move frees the rest
+                    key = (n, short - a_need)
+                    for cd, dst in dsts:
+                        if left[dst] >= a_need and dst not in path and operator[dst] not in a_ops:
+                            value = base + cd
                             held = grown.get(key)
                             if held is None or (value, start) < held[:2]:
                                 grown[key] = (value, start, (*chain, (a, n, dst)))
-                    elif left[dst] >= a_need:
-                        if best is None or (value, start) < best[:2]:
-                            best = (value, start, (*chain, (a, n, dst)))
-                    elif deeper:
-                        key = (dst, a_need - left[dst])
-                        held = grown.get(key)
-                        if held is None or (value, start) < held[:2]:
-                            grown[key] = (value, start, (*chain, (a, n, dst)))
+                else:
+                    for cd, dst in dsts:
+                        if left[dst] >= a_need:
+                            if dst in path or operator[dst] in a_ops:
+                                continue
+                            value = base + cd
+                            if best is None or (value, start) < best[:2]:
+                                best = (value, start, (*chain, (a, n, dst)))
+                        elif deeper and dst not in path and operator[dst] not in a_ops:
+                            value = base + cd
+                            key = (dst, a_need - left[dst])
+                            held = grown.get(key)
+                            if held is None or (value, start) < held[:2]:
+                                grown[key] = (value, start, (*chain, (a, n, dst)))
+                if stop:
+                    budget[0] = b
+                    return best
         frontier = grown
+    budget[0] = b
     return best
 
 
@@ -250,7 +307,7 @@ def _place_with_ejection(
         return False  # with no moves left, room is only what the greedy pass already saw
     job = jobs[j]
     need, k = job.gpus_needed, job.redundancy
-    left, operator = state.left, state.prep.operator
+    operator = state.prep.operator
     used: set[bytes] = set()
     undo: list[tuple[int, int, int]] = []
     picked: list[int] = []
@@ -260,16 +317,16 @@ def _place_with_ejection(
             for a, src, dst in reversed(undo):
                 state.move(a, jobs[a].gpus_needed, dst, src)
             for i in picked:
-                left[i] += need
+                state.hold(i, -need)
             return False
         _, i, chain = found
         for a, src, dst in reversed(chain):  # the last move first: it lands on free room
             state.move(a, jobs[a].gpus_needed, src, dst)
             undo.append((a, src, dst))
-        left[i] -= need
+        state.hold(i, need)
         picked.append(i)
         used.add(operator[i])
     for i in picked:
-        left[i] += need
+        state.hold(i, -need)
         state.put(j, need, i, state.costs[j][i])
     return True

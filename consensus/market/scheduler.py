@@ -54,7 +54,12 @@ from consensus.market.fit import (
     rtt_estimate,
     unfit_reason,
 )
-from consensus.market.placement import ORDERS, _place_all, _place_greedy, _Placement
+from consensus.market.placement import (
+    ORDERS,
+    _place_all,
+    _place_greedy,
+    _Placement,
+)
 from consensus.market.search import _Draws, _improve, _ruin_recreate, _swap_in, _trade_in
 
 __all__ = [
@@ -98,7 +103,7 @@ aside; the ruin-and-recreate search gets what is left, less `TRADE_BUDGET`. So a
 market, cheap to construct, is searched hard, and a large one, whose construction is most of
 the bound, is decided in about the same time (bench/scheduler.py measures both)."""
 NODE_CHECKS_PER_STEP = 3
-"""Node checks in `_Prepared.candidates` per step: a check costs about a third of a chain
+"""Node checks in `_Prepared.candidate_table` per step: a check costs about a third of a chain
 step."""
 
 TRADE_BUDGET = 20_000
@@ -134,26 +139,26 @@ def schedule(
     if len({j.job_id for j in by_id}) != len(by_id):
         raise ValueError("job ids must be distinct")
     prep = _Prepared(nodes, weights)
-    operator = prep.operator
     reasons: dict[int, Reason] = {}
     cands_of: dict[int, list[tuple[int, int]]] = {}
+    costs: dict[int, dict[int, int]] = {}
+    cand_bits: dict[int, int] = {}
     spare_of: dict[int, int] = {}
+    table = prep.candidate_table(by_id)
     for j, job in enumerate(by_id):
-        cands = prep.candidates(job)
-        spare = len({operator[i] for _, i in cands}) - job.redundancy
+        spare = table.operators[j] - job.redundancy
         if spare < 0:
             reason = prep.unfit_reason(job)
             reasons[j] = Reason.NOT_ENOUGH_OPERATORS if reason is None else reason
             continue
-        cands_of[j] = cands
+        cands_of[j], costs[j], cand_bits[j] = table.lists[j], table.costs[j], table.bits[j]
         spare_of[j] = spare
-    costs = {j: {i: c for c, i in cands} for j, cands in cands_of.items()}
     spent = len(prep.nodes) * len(by_id) // NODE_CHECKS_PER_STEP + len(ORDERS) * sum(
         len(cands) for cands in cands_of.values()
     )
     best: tuple[int, int, _Placement, list[int]] | None = None
     for order_no, order in enumerate(ORDERS):
-        state, dropped, used = _place_all(prep, by_id, cands_of, costs, spare_of, order)
+        state, dropped, used = _place_all(prep, by_id, cands_of, costs, cand_bits, spare_of, order)
         spent += used
         score = sum(c for on in state.on_node for c in on.values()) + sum(
             weights.unassigned_penalty * by_id[j].redundancy for j in dropped

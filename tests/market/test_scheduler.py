@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bench.scheduler import exact_optimum, quality_weights, random_instance
 from consensus.market import scheduler as scheduler_module
-from consensus.market.fit import _Prepared
+from consensus.market.fit import CandidateTable, _Prepared
 from consensus.market.placement import _Placement
 from consensus.market.scheduler import (
     DEFAULT_WEIGHTS,
@@ -344,6 +344,24 @@ def test_fast_candidates_agree_with_fits(instance: tuple[list[JobRequest],
 
 
 @settings(max_examples=200, deadline=None)
+@given(instances(), st.sampled_from((None, 2**62, 2**70)), st.booleans())
+def test_candidate_table_agrees_with_one_job_at_a_time(
+    instance: tuple[list[JobRequest], list[NodeOffer]], huge_price: int | None, no_cap: bool
+) -> None:
+    """The whole-backlog numpy table gives what `candidates` gives job by job; prices too big
+    for int64 take the one-job path, and give the same table."""
+    jobs, nodes = instance
+    if huge_price is not None and nodes:
+        nodes = [replace(nodes[0], price_per_gpu_hour=huge_price), *nodes[1:]]
+    if no_cap and jobs:  # the default cap, 2**63, is itself beyond int64
+        jobs = [replace(jobs[0], max_price_per_gpu_hour=JobRequest.max_price_per_gpu_hour)]
+        jobs += instance[0][1:]
+    prep = _Prepared(nodes, DEFAULT_WEIGHTS)
+    table = prep.candidate_table(jobs)
+    assert table == CandidateTable.of_lists([prep.candidates(j) for j in jobs], prep.operator)
+
+
+@settings(max_examples=200, deadline=None)
 @given(instances())
 def test_fast_unfit_reason_agrees_with_fits(instance: tuple[list[JobRequest],
                                                             list[NodeOffer]]) -> None:  # fmt: skip
@@ -414,17 +432,29 @@ def test_placement_rollback_restores_the_state_exactly() -> None:
     cands_of = {j: prep.candidates(job) for j, job in enumerate(jobs)}
     cands_of = {j: c for j, c in cands_of.items() if c}
     costs = {j: {i: c for c, i in cands} for j, cands in cands_of.items()}
-    state = _Placement(prep, cands_of, costs)
+    max_need = max(jobs[j].gpus_needed for j in cands_of)
+    bits = dict(zip(cands_of, CandidateTable.of_lists(list(cands_of.values()), prep.operator).bits,
+                    strict=True))  # fmt: skip
+    state = _Placement(prep, cands_of, costs, bits, max_need)
     for j, cands in cands_of.items():
         c, i = cands[0]
         if state.left[i] >= jobs[j].gpus_needed:
             state.put(j, jobs[j].gpus_needed, i, c)
 
     def snapshot() -> tuple[list[int], list[dict[int, int]], dict[int, list[int]]]:
+        # the room bit sets must always say what `left` says
+        for g in range(1, max_need + 1):
+            room = {i for i, free in enumerate(state.left) if free >= g}
+            assert {i for i in range(len(state.left)) if state.room_bits[g] >> i & 1} == room
         return (list(state.left), [dict(d) for d in state.on_node],
                 {j: sorted(v) for j, v in state.nodes_of.items()})  # fmt: skip
 
     before = snapshot()
+    roomy = next(i for i, free in enumerate(state.left) if free > 0)
+    state.hold(roomy, state.left[roomy])  # a repair's reservation (checked by snapshot) ...
+    assert snapshot()[0][roomy] == 0
+    state.hold(roomy, -before[0][roomy])  # ... and its release
+    assert snapshot() == before
     state.mark()
     placed = sorted(state.nodes_of)
     for j in placed[::2]:
