@@ -148,7 +148,9 @@ def schedule(
     for j, job in enumerate(by_id):
         spare = table.operators[j] - job.redundancy
         if spare < 0:
-            reason = prep.unfit_reason(job)
+            # Some operators fit, too few: that is the verdict, no need to ask every node why
+            # it does not fit (`unfit_reason` counts the same operators as the table).
+            reason = Reason.NOT_ENOUGH_OPERATORS if table.operators[j] else prep.unfit_reason(job)
             reasons[j] = Reason.NOT_ENOUGH_OPERATORS if reason is None else reason
             continue
         cands_of[j], costs[j], cand_bits[j] = table.lists[j], table.costs[j], table.bits[j]
