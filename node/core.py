@@ -54,7 +54,11 @@ class CoreConfig:
     announcement_ttl_ms: int = 30_000
     reannounce_after_peer_ms: int = 1_200
     """Delay after a new peer connects before we re-announce: one gossip heartbeat (1 s) lets
-    the mesh graft the newcomer first, so the announcement reaches it."""
+    the mesh graft the newcomer first, so the announcement reaches it. A re-announcement for
+    a new peer also waits until half an announce interval has passed since our last one:
+    each one floods the whole network, and while a network starts (or a neighbourhood
+    restarts) peers arrive one after another, so without that floor every node would
+    announce once per neighbour instead of about twice per interval."""
     peers_target: int = 6
     """Below this many connected peers, the core dials nodes it knows from announcements."""
     dial_retry_ms: int = 10_000
@@ -195,6 +199,7 @@ class NodeCore:
         self._free_gpus = sum(g.count for g in config.gpus)
         self._load_permille = 0
         self._next_announce_ms = 0
+        self._last_announce_ms = -(2**62)
         self._penalties: dict[PeerId, int] = {}
         self._last_dial_ms: dict[PeerId, int] = {}
         self._dials_quiet_until_ms = 0
@@ -217,9 +222,11 @@ class NodeCore:
         match inp:
             case PeerUp(peer=peer):
                 self.peers.add(peer)
-                self._next_announce_ms = min(
-                    self._next_announce_ms, now_ms + self.config.reannounce_after_peer_ms
+                soon = max(
+                    now_ms + self.config.reannounce_after_peer_ms,
+                    self._last_announce_ms + self.config.announce_interval_ms // 2,
                 )
+                self._next_announce_ms = min(self._next_announce_ms, soon)
                 ready.events.append(Event("peer_up", (("peer", short_peer(peer)),)))
             case PeerDown(peer=peer):
                 self.peers.discard(peer)
@@ -295,6 +302,7 @@ class NodeCore:
             signed, data = self._announce(now_ms)
             ready.publish.append(Publish(TOPIC_CAPACITY, data, signed))
             self._next_announce_ms = now_ms + self.config.announce_interval_ms
+            self._last_announce_ms = now_ms
         if len(self.peers) < self.config.peers_target and now_ms >= self._dials_quiet_until_ms:
             self._plan_dials(now_ms, ready)
 

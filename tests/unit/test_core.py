@@ -88,10 +88,30 @@ def test_new_peer_triggers_an_early_reannouncement() -> None:
         "a", announce_interval_ms=10_000, announcement_ttl_ms=60_000, reannounce_after_peer_ms=1_200
     )
     core.step(0, Tick())
-    ready = core.step(100, PeerUp("peer-x"))
-    assert ready.wake_at_ms == 1_300
-    assert announcement_of(core.step(1_300, Tick()))
-    assert core.step(1_400, PeerDown("peer-x")).events[0].name == "peer_down"
+    ready = core.step(6_000, PeerUp("peer-x"))  # our last announcement is half an interval old
+    assert ready.wake_at_ms == 7_200
+    assert announcement_of(core.step(7_200, Tick()))
+    assert core.step(7_300, PeerDown("peer-x")).events[0].name == "peer_down"
+
+
+def test_peers_arriving_one_after_another_do_not_each_flood_the_network() -> None:
+    """Every re-announcement floods the whole network; while a network starts, a node's
+    neighbours come up one after another. A re-announcement for a new peer waits until half
+    an interval has passed since our last announcement, and serves every peer that came
+    meanwhile."""
+    core = make_core(
+        "a", announce_interval_ms=10_000, announcement_ttl_ms=60_000, reannounce_after_peer_ms=1_200
+    )
+    announced = [0] if core.step(0, Tick()).publish else []
+    assert core.step(100, PeerUp("peer-x")).wake_at_ms == 5_000
+    assert core.step(3_000, PeerUp("peer-y")).wake_at_ms == 5_000
+    assert core.step(4_500, PeerUp("peer-z")).wake_at_ms == 5_000  # already due: it serves z
+    for t in range(100, 20_001, 100):
+        if core.step(t, Tick()).publish:
+            announced.append(t)
+        if t == 6_000:
+            core.step(t, PeerUp("peer-w"))  # half an interval after 5,000, not 7,200
+    assert announced == [0, 5_000, 10_000, 20_000]
 
 
 def test_local_load_change_is_announced_at_once() -> None:
