@@ -412,10 +412,11 @@ class _Prepared:
         rtts = [self.rtts(*s) for s in subs]
         w_price = self.weights.price
         widest = max(max(map(max, base)), -min(map(min, base)))
-        largest = abs(w_price) * max(r[2] for r in rows) * max(self.price) + widest
-        if max(largest, max(self.price), max(map(max, rtts)), max(r[5] for r in rows)) >= (
-            _INT64_SAFE
-        ):
+        most_gpus = max(r[2] for r in rows)
+        largest = abs(w_price) * most_gpus * max(self.price) + widest
+        rtt_widest = max(max(map(max, rtts)), -min(map(min, rtts)))
+        if max(largest, max(self.price), rtt_widest, max(r[5] for r in rows), most_gpus,
+               abs(w_price)) >= _INT64_SAFE:  # fmt: skip
             return CandidateTable.of_lists([self.candidates(job) for job in jobs], self.operator)
         sub_of, key_of, need, cap, region, rtt_cap = np.array(rows, np.int64).T
         roomy = np.zeros((len(keys), n), np.bool_)

@@ -361,6 +361,22 @@ def test_candidate_table_agrees_with_one_job_at_a_time(
     assert table == CandidateTable.of_lists([prep.candidates(j) for j in jobs], prep.operator)
 
 
+def test_candidate_table_leaves_int64_for_huge_counts_weights_and_rtts() -> None:
+    """Free nodes and a job asking 2**70 GPUs, a price weight of 2**70, a negative fallback
+    RTT of -2**70: each would overflow int64 (even where prices are 0), so the one-job path
+    answers, with the same table."""
+    node = NodeOffer(node_id=nid(0), operator=b"op", gpus=(GpuSpec("H100", 8, 81_920),),
+                     free_gpus=8, region="eu", price_per_gpu_hour=0)  # fmt: skip
+    jobs = [JobRequest(job_id=jid(0), submitter=b"s" * 32, gpus_needed=2**70),
+            JobRequest(job_id=jid(1), submitter=b"s" * 32)]  # fmt: skip
+    for weights in (DEFAULT_WEIGHTS, replace(DEFAULT_WEIGHTS, price=2**70),
+                    replace(DEFAULT_WEIGHTS, unknown_rtt_ms=-(2**70))):  # fmt: skip
+        prep = _Prepared([node], weights)
+        table = prep.candidate_table(jobs)
+        assert table == CandidateTable.of_lists([prep.candidates(j) for j in jobs], prep.operator)
+        assert table.lists[0] == [] and len(table.lists[1]) == 1
+
+
 @settings(max_examples=200, deadline=None)
 @given(instances())
 def test_fast_unfit_reason_agrees_with_fits(instance: tuple[list[JobRequest],
