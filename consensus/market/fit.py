@@ -390,9 +390,10 @@ class _Prepared:
         call one job at a time.
 
         Exact: int64 sums and comparisons, a stable sort by cost (ties by node index, as the
-        tuples sort), operators counted as small integers. Values that could overflow int64
-        (absurd prices, RTTs or weights) take the one-job-at-a-time path instead
-        (`CandidateTable.of_lists`), which gives the same table (tests compare the two)."""
+        tuples sort), operators counted by a boolean "any" per operator (no floats). Values
+        that could overflow int64 (absurd prices, GPU counts, RTTs or weights) take the
+        one-job-at-a-time path instead (`CandidateTable.of_lists`), which gives the same table
+        (tests compare the two)."""
         n = len(self.nodes)
         if not jobs or not n:
             return CandidateTable.of_lists([[] for _ in jobs], self.operator)
@@ -441,11 +442,12 @@ class _Prepared:
         spans = list(zip([0, *ends], ends, strict=False))
         width = (n + 7) // 8
         packed = np.packbits(fit, axis=1, bitorder="little").tobytes()
-        op_ids = {op: k for k, op in enumerate(sorted(set(self.operator)))}
-        owner = np.zeros((n, len(op_ids)), np.float32)
-        owner[np.arange(n), [op_ids[op] for op in self.operator]] = 1.0
-        # counts of at most n nodes: exact in float32, whatever order the sums run in
-        operators = ((fit.astype(np.float32) @ owner) > 0).sum(axis=1).tolist()
+        nodes_of_operator: dict[bytes, list[int]] = {}
+        for i, op in enumerate(self.operator):
+            nodes_of_operator.setdefault(op, []).append(i)
+        operators = np.zeros(len(jobs), np.int64)
+        for cols in nodes_of_operator.values():  # an operator counts once if any node fits
+            operators += fit[:, cols].any(axis=1)
         return CandidateTable(
             lists=[pairs[a:b] for a, b in spans],
             costs=[dict(zip(flat_nodes[a:b], flat_costs[a:b], strict=True)) for a, b in spans],
@@ -453,7 +455,7 @@ class _Prepared:
                 int.from_bytes(packed[j * width : (j + 1) * width], "little")
                 for j in range(len(jobs))
             ],
-            operators=operators,
+            operators=operators.tolist(),
         )
 
     def unfit_reason(self, job: JobRequest) -> Reason | None:

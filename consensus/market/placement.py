@@ -224,12 +224,8 @@ def _best_chain(
     each; moves may lower the cost (a replica can move to a cheaper node that the chain
     frees), so every state of a layer is expanded, within the shared step budget."""
     need = jobs[j].gpus_needed
-    left, operator, on_node, cands_of = (
-        state.left,
-        state.prep.operator,
-        state.on_node,
-        state.cands_of,
-    )
+    left, operator, on_node = state.left, state.prep.operator, state.on_node
+    cands_of = state.cands_of
     best: tuple[int, int, _Chain] | None = None
     frontier: dict[tuple[int, int], tuple[int, int, _Chain]] = {}
     budget[0] -= len(cands)

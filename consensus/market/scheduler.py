@@ -54,12 +54,7 @@ from consensus.market.fit import (
     rtt_estimate,
     unfit_reason,
 )
-from consensus.market.placement import (
-    ORDERS,
-    _place_all,
-    _place_greedy,
-    _Placement,
-)
+from consensus.market.placement import ORDERS, _place_all, _place_greedy, _Placement
 from consensus.market.search import _Draws, _improve, _ruin_recreate, _swap_in, _trade_in
 
 __all__ = [
@@ -148,9 +143,9 @@ def schedule(
     for j, job in enumerate(by_id):
         spare = table.operators[j] - job.redundancy
         if spare < 0:
-            # Some operators fit, too few: that is the verdict, no need to ask every node why
-            # it does not fit (`unfit_reason` counts the same operators as the table).
-            reason = Reason.NOT_ENOUGH_OPERATORS if table.operators[j] else prep.unfit_reason(job)
+            # Some operators fit, too few: that is the verdict, with no need to ask every node
+            # why it does not fit (`unfit_reason` counts the same operators as the table).
+            reason = None if table.operators[j] else prep.unfit_reason(job)
             reasons[j] = Reason.NOT_ENOUGH_OPERATORS if reason is None else reason
             continue
         cands_of[j], costs[j], cand_bits[j] = table.lists[j], table.costs[j], table.bits[j]

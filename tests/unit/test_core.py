@@ -102,7 +102,8 @@ def test_peers_arriving_one_after_another_do_not_each_flood_the_network() -> Non
     core = make_core(
         "a", announce_interval_ms=10_000, announcement_ttl_ms=60_000, reannounce_after_peer_ms=1_200
     )
-    announced = [0] if core.step(0, Tick()).publish else []
+    assert announcement_of(core.step(0, Tick()))
+    announced = [0]
     assert core.step(100, PeerUp("peer-x")).wake_at_ms == 5_000
     assert core.step(3_000, PeerUp("peer-y")).wake_at_ms == 5_000
     assert core.step(4_500, PeerUp("peer-z")).wake_at_ms == 5_000  # already due: it serves z
