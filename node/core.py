@@ -62,6 +62,9 @@ class CoreConfig:
     peers_target: int = 6
     """Below this many connected peers, the core dials nodes it knows from announcements."""
     dial_retry_ms: int = 10_000
+    """How long a dial counts as under way (towards peers_target) and how long before the
+    same node may be dialled again. The core hears no "dial failed": a dial that has not
+    become a peer within this time is given up."""
     penalties_max: int = 5
     """A peer that sends this many messages no honest node sends is disconnected."""
     book: BookConfig = field(default_factory=BookConfig)
@@ -202,6 +205,9 @@ class NodeCore:
         self._last_announce_ms = -(2**62)
         self._penalties: dict[PeerId, int] = {}
         self._last_dial_ms: dict[PeerId, int] = {}
+        """When we last dialled each node, for dial_retry_ms (older entries are dropped)."""
+        self._dials_under_way: dict[PeerId, int] = {}
+        """Dials that have not yet become a peer, with when they were made."""
         self._dials_quiet_until_ms = 0
         """Before this time no dial can be planned (see `_plan_dials`); 0 means unknown."""
         self.verdict_counts: dict[str, int] = {}
@@ -222,6 +228,7 @@ class NodeCore:
         match inp:
             case PeerUp(peer=peer):
                 self.peers.add(peer)
+                self._dials_under_way.pop(peer, None)
                 soon = max(
                     now_ms + self.config.reannounce_after_peer_ms,
                     self._last_announce_ms + self.config.announce_interval_ms // 2,
@@ -264,7 +271,7 @@ class NodeCore:
         self.verdict_counts[name] = self.verdict_counts.get(name, 0) + 1
         if verdict is Verdict.ACCEPTED:
             ann = signed.record
-            if ann.addrs:
+            if ann.addrs and self._may_dial_now(ann.node_id, now_ms):
                 self._dials_quiet_until_ms = 0  # a node we may dial, or a new address of one
             ready.events.append(_accepted_event(ann.node_id, ann.seq, ann.issued_ms, ann.gpu_total))
         elif verdict in (Verdict.DUPLICATE, Verdict.STALE):
@@ -332,39 +339,53 @@ class NodeCore:
             raise AssertionError(f"our own announcement was refused: {verdict}")  # our bug
         return signed, data
 
-    def _plan_dials(self, now_ms: int, ready: Ready) -> None:
-        """Dial known but unconnected nodes while below peers_target, each at most once per
-        dial_retry_ms; the order is by node id, so every run makes the same choices.
+    def _may_dial_now(self, node_id: bytes, now_ms: int) -> bool:
+        """Whether an accepted announcement from `node_id` can give `_plan_dials` someone new:
+        not us, not a peer, not dialled within dial_retry_ms. Announcements from peers and
+        from nodes already being dialled are most of the gossip; they do not wake a scan."""
+        peer = _peer_of_key(node_id)
+        if peer == self.identity.peer_id or peer in self.peers:
+            return False
+        return now_ms - self._last_dial_ms.get(peer, -self.config.dial_retry_ms) >= (
+            self.config.dial_retry_ms
+        )
 
-        A scan that finds no one to dial sets `_dials_quiet_until_ms` to the first moment a
-        retry falls due; until then, or until a peer leaves or an announcement with addresses
-        arrives, another scan would find no one either and is skipped. A node short of peers
-        in a big network would otherwise sort its whole book on every step."""
-        missing = self.config.peers_target - len(self.peers)
-        if missing <= 0 or now_ms < self._dials_quiet_until_ms:
-            return
+    def _plan_dials(self, now_ms: int, ready: Ready) -> None:
+        """Dial known but unconnected nodes while peers plus dials under way fall short of
+        peers_target, each node at most once per dial_retry_ms; the order is by node id, so
+        every run makes the same choices.
+
+        A dial is under way for dial_retry_ms unless it became a peer sooner, and counts
+        towards the target: without that, each step (every gossip message) dialled another
+        batch, and a node short of peers dialled every node it knew within one retry period.
+        After a scan, `_dials_quiet_until_ms` is the first moment a dial under way is given
+        up or a retry falls due; until then, or until a peer leaves or a node we may dial
+        announces itself, another scan would find no one either and is skipped. A node short
+        of peers in a big network would otherwise sort its whole book on every step."""
         retry_ms = self.config.dial_retry_ms
-        next_due: int | None = None
-        dialled = False
-        for ann in self.book.live(now_ms):
-            if missing <= 0:
-                break
-            if not ann.addrs:
-                continue
-            peer = _peer_of_key(ann.node_id)
-            if peer == self.identity.peer_id or peer in self.peers:
-                continue
-            last = self._last_dial_ms.get(peer, -retry_ms)
-            if now_ms - last < retry_ms:
-                due = last + retry_ms
-                next_due = due if next_due is None else min(next_due, due)
-                continue
-            self._last_dial_ms[peer] = now_ms
-            ready.dial.append(Dial(peer, ann.addrs))
-            dialled = True
-            missing -= 1
-        if not dialled:
-            self._dials_quiet_until_ms = next_due if next_due is not None else _NEVER_MS
+        recent = {peer: at for peer, at in self._last_dial_ms.items() if now_ms - at < retry_ms}
+        self._last_dial_ms = recent  # older entries mean nothing any more: keep the map small
+        self._dials_under_way = {p: at for p, at in self._dials_under_way.items() if p in recent}
+        missing = self.config.peers_target - len(self.peers) - len(self._dials_under_way)
+        next_due = min(self._dials_under_way.values(), default=_NEVER_MS - retry_ms) + retry_ms
+        if missing > 0:
+            for ann in self.book.live(now_ms):
+                if not ann.addrs:
+                    continue
+                peer = _peer_of_key(ann.node_id)
+                if peer == self.identity.peer_id or peer in self.peers:
+                    continue
+                last = self._last_dial_ms.get(peer)
+                if last is not None:
+                    next_due = min(next_due, last + retry_ms)
+                    continue
+                self._last_dial_ms[peer] = self._dials_under_way[peer] = now_ms
+                ready.dial.append(Dial(peer, ann.addrs))
+                next_due = min(next_due, now_ms + retry_ms)
+                missing -= 1
+                if missing <= 0:
+                    break
+        self._dials_quiet_until_ms = next_due
 
     def _next_wake_ms(self, now_ms: int) -> int:
         """`_on_time` has just expired everything due, so the book's first expiry is the

@@ -145,6 +145,8 @@ def uptime_view(
     for key, live in sorted(state.liveness.items()):
         if node is not None and key != node:
             continue
+        if key not in state.offers and not live.counted_blocks and not live.history:
+            continue  # never offered, so never expected up: an operator that only flagged
         epochs = [window(e, u, c) for e, u, c in live.history]
         current = window(state.epoch, live.up_blocks, live.counted_blocks)
         for e, u, c in [*live.history, (state.epoch, live.up_blocks, live.counted_blocks)]:

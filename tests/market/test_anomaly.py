@@ -11,6 +11,7 @@ from consensus.ledger.liveness import is_watched
 from consensus.ledger.market_records import FlagNode
 from consensus.ledger.params import MarketParams
 from node.anomaly import Sample, anomalies_among, find_anomalies, samples_from_state
+from node.job_views import uptime_view
 from tests.market.test_job_lifecycle import FEE, NODES, OUTSIDER, Market, offered_market
 
 QUIET = LedgerParams(
@@ -18,6 +19,10 @@ QUIET = LedgerParams(
     market=MarketParams(commit_window_blocks=10, reveal_window_blocks=5,
                         spot_check_permille=0, flags_per_epoch_max=1),
 )  # fmt: skip
+
+
+LIVE_BLOCKS = QUIET.market.down_after_blocks + 1
+"""Enough blocks for a node never heard from to read as down."""
 
 
 def test_a_node_far_off_its_class_is_found_and_its_peers_are_not() -> None:
@@ -86,3 +91,18 @@ def test_a_flag_puts_every_job_of_the_node_under_audit() -> None:
     m.ok()  # the draw is certain; with no sixth operator the audit is then skipped
     assert m.job(job).spot_check == SPOT_SKIPPED
     assert m.job(job).status == JobStatus.REVEALING
+
+
+def test_an_operator_that_flags_without_an_offer_is_not_listed_as_a_node_down() -> None:
+    """Flagging gives the sender a liveness row (its flag count) with no heartbeat: the
+    uptime view listed that operator as a node, down since block 0."""
+    m = offered_market(nodes=4, params=QUIET)  # NODES[4] is an active operator, no offer
+    evidence = run_job(m, slow=2, factor=8)
+    for _ in range(LIVE_BLOCKS):
+        m.ok()
+    m.send(NODES[4], FlagNode, node=NODES[2].public_key, job_id=evidence)
+    m.ok()
+    assert m.state.liveness[NODES[4].public_key].flags_sent == 1
+    listed = {n["node"] for n in uptime_view(m.state, block_ms=1_000)["nodes"]}
+    assert listed == {n.public_key.hex() for n in NODES[:4]}
+    assert uptime_view(m.state, 1_000, node=NODES[4].public_key)["nodes"] == []

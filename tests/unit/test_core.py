@@ -176,3 +176,42 @@ def test_same_inputs_give_the_same_outputs() -> None:
         return out
 
     assert run() == run()
+
+
+def test_dials_under_way_count_towards_the_target_so_a_short_node_does_not_dial_everyone() -> None:
+    """Each step used to dial another batch while short of peers: a node that wanted 2 peers
+    and knew 6 nodes dialled all 6 within three gossip messages."""
+    nodes = [make_core(f"n{i}") for i in range(6)]
+    b = make_core("b", peers_target=2, dial_retry_ms=10_000)
+    b.step(0, Tick())
+    dialled: list[list[str]] = []
+    for i, n in enumerate(nodes):
+        data = n.step(1_000, ListenAddrs((f"/ip4/127.0.0.1/tcp/{10 + i}",))).publish[0].data
+        ready = b.step(1_001 + i, GossipIn(TOPIC_CAPACITY, data, "x"))
+        dialled.append([d.peer for d in ready.dial])
+    assert sum(len(d) for d in dialled) == 2, dialled  # two dials under way fill the target
+    first, second = [p for d in dialled for p in d]
+    assert b.step(5_000, PeerUp(first)).dial == []  # a dial became a peer: still 2 in all
+    b.step(6_000, PeerUp("an-inbound-peer"))
+    assert b.step(7_000, PeerDown("an-inbound-peer")).dial == []  # 1 peer + 1 under way
+    replacement = b.step(8_000, PeerDown(first)).dial
+    assert len(replacement) == 1 and replacement[0].peer not in (first, second)
+    again = b.step(11_100, Tick()).dial  # the second dial is given up after dial_retry_ms
+    assert len(again) == 1
+    assert b.step(11_200, Tick()).dial == []
+
+
+def test_gossip_from_peers_and_dialled_nodes_does_not_make_a_short_node_rescan() -> None:
+    a, c = make_core("a"), make_core("c")
+    b = make_core("b", peers_target=3, dial_retry_ms=10_000)
+    data_a = a.step(1_000, ListenAddrs(("/ip4/127.0.0.1/tcp/9",))).publish[0].data
+    assert len(b.step(1_001, GossipIn(TOPIC_CAPACITY, data_a, "x")).dial) == 1
+    quiet = b._dials_quiet_until_ms
+    assert quiet == 11_001
+    later_a = a.step(3_000, Tick()).publish[0].data
+    b.step(3_001, GossipIn(TOPIC_CAPACITY, later_a, "x"))
+    assert b._dials_quiet_until_ms == quiet  # a is being dialled: nothing new to scan for
+    data_c = c.step(3_000, ListenAddrs(("/ip4/127.0.0.1/tcp/8",))).publish[0].data
+    assert [d.peer for d in b.step(3_002, GossipIn(TOPIC_CAPACITY, data_c, "x")).dial] == [
+        c.identity.peer_id
+    ]
