@@ -12,6 +12,8 @@ fit, the same reason and the same cost from the same committed inputs. See
 from __future__ import annotations
 
 import enum
+import functools
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -309,18 +311,52 @@ class _Prepared:
         self.rtt = [n._rtt for n in ordered]
         self.static = [_static_cost(n, weights) for n in ordered]
         self._matching: dict[tuple[str | None, int], list[int]] = {}
+        self._model_ids: dict[str, int] = {}
+        self._matching_rows: dict[tuple[str | None, int], np.ndarray] = {}
         self._has_model: dict[str | None, list[bool]] = {}
         self._roomy: dict[tuple[str | None, int, int], list[int]] = {}
         self._rtts: dict[tuple[bytes, str | None], list[int]] = {}
         self._base: dict[tuple[bytes, str | None], list[int]] = {}
 
     def matching(self, model: str | None, min_memory_mib: int) -> list[int]:
+        """Per node, its GPUs of `model` (any, if None) with at least `min_memory_mib` each."""
         key = (model, min_memory_mib)
         found = self._matching.get(key)
         if found is None:
-            found = [_matching(n.gpus, model, min_memory_mib) for n in self.nodes]
+            models, memory, count = self._spec_columns
+            ok = memory >= max(-_INT64_SAFE, min(min_memory_mib, _INT64_SAFE))  # int64 asks
+            if model is not None:
+                ok &= models == self._model_ids.get(model, -1)
+            self._matching_rows[key] = row = (count * ok).sum(axis=1)
+            found = row.tolist()
             self._matching[key] = found
         return found
+
+    def _roomy_row(self, model: str | None, min_memory_mib: int, need: int) -> np.ndarray:
+        """`roomy` as a boolean row over the nodes, from `matching`'s array. `need` must be
+        below 2**62 (`candidate_table` checks); free GPUs are bounded by the GPUs offered."""
+        self.matching(model, min_memory_mib)
+        free = np.array(self.free, np.int64)
+        return (self._matching_rows[(model, min_memory_mib)] >= need) & (free >= need)
+
+    @functools.cached_property
+    def _spec_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The offers' GPU specs as int64 (nodes x most specs per node) columns: model id
+        (-2 pads), memory, count (0 pads). A backlog asks a few dozen (model, memory)
+        pairs, and `matching` answers each with a few array operations instead of a Python
+        pass over every node's specs. `GpuSpec` bounds count (1,024) and memory (2**24 MiB)
+        when it is built, so the sums stay far inside int64."""
+        widest = max((len(n.gpus) for n in self.nodes), default=0)
+        shape = (len(self.nodes), max(widest, 1))
+        models = np.full(shape, -2, np.int64)
+        memory = np.zeros(shape, np.int64)
+        count = np.zeros(shape, np.int64)
+        ids = self._model_ids
+        for i, node in enumerate(self.nodes):
+            for s, g in enumerate(node.gpus):
+                models[i, s] = ids.setdefault(g.model.lower(), len(ids))
+                memory[i, s], count[i, s] = g.memory_mib, g.count
+        return models, memory, count
 
     def roomy(self, model: str | None, min_memory_mib: int, need: int) -> list[int]:
         """Indices of the nodes with `need` matching GPUs and as many announced free: the
@@ -348,6 +384,44 @@ class _Prepared:
             ]
             self._rtts[key] = found
         return found
+
+    def _rtt_table(
+        self, subs: list[tuple[bytes, str | None]], region_ids: dict[str, int]
+    ) -> np.ndarray | None:
+        """`rtts` of every submitter in `subs` at once, as an int64 (submitters x nodes)
+        array: the region guess in one comparison, then each node's measured RTTs to these
+        submitters by set intersection (a backlog's hundred submitters and a hundred nodes
+        are ten thousand lookups one by one). `region_ids` numbers the nodes' regions. None
+        when an RTT could leave int64."""
+        w = self.weights
+        same_ms, unknown_ms = w.same_region_rtt_ms, w.unknown_rtt_ms
+        measured = max((max(map(abs, rtt.values()), default=0) for rtt in self.rtt), default=0)
+        if max(measured, abs(same_ms), abs(unknown_ms)) >= _INT64_SAFE:
+            return None
+        node_region = np.array([region_ids[r] for r in self.region], np.int64)
+        sub_region = np.array([region_ids.get(r, -1) for _, r in subs], np.int64)  # type: ignore[arg-type]
+        table = np.where(sub_region[:, None] == node_region[None, :], same_ms, unknown_ms)
+        table = table.astype(np.int64)
+        row_of: dict[bytes, int] = {}
+        also: list[tuple[int, bytes]] = []  # a submitter asking from a second region
+        for k, (submitter, _) in enumerate(subs):
+            if row_of.setdefault(submitter, k) != k:
+                also.append((k, submitter))
+        ks: list[int] = []
+        cols: list[int] = []
+        values: list[int] = []
+        for i, rtt in enumerate(self.rtt):
+            common = rtt.keys() & row_of.keys()  # a set: both passes below see one order
+            ks.extend(map(row_of.__getitem__, common))
+            values.extend(map(rtt.__getitem__, common))
+            cols.extend(itertools.repeat(i, len(common)))
+        table[ks, cols] = values
+        for k, submitter in also:
+            table[k] = table[row_of[submitter]]  # the measured RTTs are the first row's...
+            guess = np.where(node_region == sub_region[k], same_ms, unknown_ms)
+            unmeasured = [submitter not in rtt for rtt in self.rtt]
+            table[k, unmeasured] = guess[unmeasured]  # ... the guesses are its own region's
+        return table
 
     def base_costs(self, submitter: bytes, submitter_region: str | None) -> list[int]:
         """Per node, the part of `cost` that is not price: RTT to this submitter and the
@@ -409,29 +483,31 @@ class _Prepared:
             rtt_cap = -1 if job.max_rtt_ms is None else job.max_rtt_ms
             cap = min(job.max_price_per_gpu_hour, _INT64_SAFE)
             rows.append((sub, ask, need, cap, region, rtt_cap))
-        base = [self.base_costs(*s) for s in subs]
-        rtts = [self.rtts(*s) for s in subs]
-        w_price = self.weights.price
-        widest = max(max(map(max, base)), -min(map(min, base)))
+        one_by_one = CandidateTable.of_lists  # the path for values beyond int64
+        rtts = self._rtt_table(list(subs), regions)
+        w_price, w_rtt = self.weights.price, self.weights.rtt
+        if rtts is None:
+            return one_by_one([self.candidates(job) for job in jobs], self.operator)
+        rtt_widest = int(np.abs(rtts).max())
+        if abs(w_rtt) * rtt_widest + max(map(abs, self.static)) >= _INT64_SAFE:
+            return one_by_one([self.candidates(job) for job in jobs], self.operator)
+        base = w_rtt * rtts + np.array(self.static, np.int64)[None, :]  # `base_costs`, all
+        widest = int(np.abs(base).max())
         most_gpus = max(r[2] for r in rows)
         largest = abs(w_price) * most_gpus * max(self.price) + widest
-        rtt_widest = max(max(map(max, rtts)), -min(map(min, rtts)))
-        if max(largest, max(self.price), rtt_widest, max(r[5] for r in rows), most_gpus,
+        if max(largest, max(self.price), max(r[5] for r in rows), most_gpus,
                abs(w_price)) >= _INT64_SAFE:  # fmt: skip
-            return CandidateTable.of_lists([self.candidates(job) for job in jobs], self.operator)
+            return one_by_one([self.candidates(job) for job in jobs], self.operator)
         sub_of, key_of, need, cap, region, rtt_cap = np.array(rows, np.int64).T
-        roomy = np.zeros((len(keys), n), np.bool_)
-        for (model, memory, gpus), k in keys.items():
-            roomy[k, self.roomy(model, memory, gpus)] = True
+        roomy = np.array([self._roomy_row(*key) for key in keys], np.bool_).reshape(len(keys), n)
         price = np.array(self.price, np.int64)
         fit = roomy[key_of] & (price[None, :] <= cap[:, None])
         if (region != -1).any():
             node_region = np.array([regions[r] for r in self.region], np.int64)
             fit &= (region[:, None] == -1) | (node_region[None, :] == region[:, None])
         if (rtt_cap >= 0).any():
-            rtt = np.array(rtts, np.int64)[sub_of]
-            fit &= (rtt_cap[:, None] < 0) | (rtt <= rtt_cap[:, None])
-        cost = (w_price * need)[:, None] * price[None, :] + np.array(base, np.int64)[sub_of]
+            fit &= (rtt_cap[:, None] < 0) | (rtts[sub_of] <= rtt_cap[:, None])
+        cost = (w_price * need)[:, None] * price[None, :] + base[sub_of]
         cost[~fit] = _INT64_SAFE
         order = np.argsort(cost, axis=1, kind="stable")
         ranked = np.take_along_axis(cost, order, axis=1)

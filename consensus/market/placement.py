@@ -225,7 +225,7 @@ def _best_chain(
     frees), so every state of a layer is expanded, within the shared step budget."""
     need = jobs[j].gpus_needed
     left, operator, on_node = state.left, state.prep.operator, state.on_node
-    cands_of = state.cands_of
+    cands_of, cand_bits, room_bits = state.cands_of, state.cand_bits, state.room_bits
     best: tuple[int, int, _Chain] | None = None
     frontier: dict[tuple[int, int], tuple[int, int, _Chain]] = {}
     budget[0] -= len(cands)
@@ -249,7 +249,6 @@ def _best_chain(
                 a_need = jobs[a].gpus_needed
                 if a == j or a in moved or (a_need < short and not deeper):
                     continue
-                a_ops = {operator[x] for x in state.nodes_of[a] if x != n}
                 base = c0 - ca
                 # One step per destination looked at: when the budget runs out inside this
                 # list, the destinations it still pays for are looked at, and the search ends.
@@ -260,6 +259,17 @@ def _best_chain(
                     b = min(b, 0) - 1
                 else:
                     b -= len(dsts)
+                # `dsts` is cheapest first and `start` is fixed here, so the first
+                # destination with room gives this list's least (value, start): later ones
+                # cannot beat it, and the loops stop there (the budget was paid above). A
+                # list with no node with room (one AND of bit sets: in a full market, most)
+                # is not walked at all unless deeper chains may start from its full nodes.
+                if (not deeper or a_need < short) and not cand_bits[a] & room_bits[a_need]:
+                    if stop:
+                        budget[0] = b
+                        return best
+                    continue
+                a_ops = {operator[x] for x in state.nodes_of[a] if x != n}
                 if a_need < short:  # frees part of the node; another move frees the rest
                     key = (n, short - a_need)
                     for cd, dst in dsts:
@@ -268,14 +278,19 @@ def _best_chain(
                             held = grown.get(key)
                             if held is None or (value, start) < held[:2]:
                                 grown[key] = (value, start, (*chain, (a, n, dst)))
+                            break
                 else:
+                    looking = True  # for this list's first destination with room
                     for cd, dst in dsts:
                         if left[dst] >= a_need:
-                            if dst in path or operator[dst] in a_ops:
+                            if not looking or dst in path or operator[dst] in a_ops:
                                 continue
                             value = base + cd
                             if best is None or (value, start) < best[:2]:
                                 best = (value, start, (*chain, (a, n, dst)))
+                            if not deeper:
+                                break
+                            looking = False  # the rest only extend chains (full nodes)
                         elif deeper and dst not in path and operator[dst] not in a_ops:
                             value = base + cd
                             key = (dst, a_need - left[dst])

@@ -32,6 +32,7 @@ def _swap_in(
     is found for it later). Returns the jobs left out now, in job order."""
     out = set(dropped)
     left, on_node = state.left, state.on_node
+    b = budget[0]  # kept in a local, written back before every return
     for u in dropped:
         job = jobs[u]
         if job.redundancy != 1:
@@ -40,8 +41,9 @@ def _swap_in(
         """(saving, node, displaced job)."""
         for c, i in state.cands_of[u]:
             for a, ca in on_node[i].items():
-                budget[0] -= 1
-                if budget[0] < 0:
+                b -= 1
+                if b < 0:
+                    budget[0] = b
                     return sorted(out)
                 a_job = jobs[a]
                 if a_job.redundancy != 1 or left[i] + a_job.gpus_needed < job.gpus_needed:
@@ -55,6 +57,7 @@ def _swap_in(
             state.put(u, job.gpus_needed, -i, state.costs[u][-i])
             out.discard(u)
             out.add(a)
+    budget[0] = b
     return sorted(out)
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bench.scheduler import exact_optimum, quality_weights, random_instance
 from consensus.market import scheduler as scheduler_module
-from consensus.market.fit import CandidateTable, _Prepared
+from consensus.market.fit import CandidateTable, _lower, _matching, _Prepared
 from consensus.market.placement import _Placement
 from consensus.market.scheduler import (
     DEFAULT_WEIGHTS,
@@ -296,9 +296,14 @@ def instances(draw: st.DrawFn) -> tuple[list[JobRequest], list[NodeOffer]]:
     for i in range(draw(st.integers(0, 8))):
         model = draw(st.sampled_from(models))
         count = draw(st.integers(1, 8))
+        memory = st.sampled_from((24_576, 40_960, 81_920))
+        gpus = (GpuSpec(model, count, draw(memory)),)
+        if draw(st.integers(0, 3)) == 0:  # a second model, as many nodes offer
+            other = draw(st.sampled_from([m for m in models if m != model]))
+            gpus += (GpuSpec(other, draw(st.integers(1, 4)), draw(memory)),)
         nodes.append(NodeOffer(
             node_id=nid(i), operator=b"op%d" % draw(st.integers(0, 4)),
-            gpus=(GpuSpec(model, count, draw(st.sampled_from((24_576, 40_960, 81_920)))),),
+            gpus=gpus,
             free_gpus=draw(st.integers(0, count)), region=draw(st.sampled_from(regions)),
             price_per_gpu_hour=draw(st.integers(0, 100)),
             reputation_permille=draw(st.integers(0, 1000)),
@@ -311,7 +316,7 @@ def instances(draw: st.DrawFn) -> tuple[list[JobRequest], list[NodeOffer]]:
             job_id=jid(i), submitter=draw(st.sampled_from(subs)),
             gpus_needed=draw(st.integers(1, 4)),
             min_memory_mib=draw(st.sampled_from((0, 30_000, 50_000))),
-            gpu_model=draw(st.sampled_from((None, *models))),
+            gpu_model=draw(st.sampled_from((None, *models, "h100"))),  # models match any case
             region=draw(st.sampled_from((None, *regions))),
             max_rtt_ms=draw(st.sampled_from((None, 50, 200))),
             redundancy=draw(st.integers(1, 3)),
@@ -375,6 +380,22 @@ def test_candidate_table_leaves_int64_for_huge_counts_weights_and_rtts() -> None
         table = prep.candidate_table(jobs)
         assert table == CandidateTable.of_lists([prep.candidates(j) for j in jobs], prep.operator)
         assert table.lists[0] == [] and len(table.lists[1]) == 1
+
+
+def test_matching_by_array_agrees_with_node_by_node() -> None:
+    """`_Prepared.matching` answers from int64 columns of the offers' GPU specs (models in
+    any case); a memory ask beyond int64 either way is clamped, with the same answers as
+    node by node."""
+    small = NodeOffer(node_id=nid(0), operator=b"op", region="eu", free_gpus=2,
+                      price_per_gpu_hour=9,
+                      gpus=(GpuSpec("H100", 8, 81_920), GpuSpec("L40S", 2, 46_080)))
+    other = replace(small, node_id=nid(1), gpus=(GpuSpec("a100", 1024, 2**24),))
+    for nodes in ([small], [small, other]):
+        prep = _Prepared(nodes, DEFAULT_WEIGHTS)
+        for model in (None, "h100", "L40S", "A100", "B200"):
+            for memory in (0, 46_080, 81_921, 2**70, -(2**70)):
+                want = [_matching(n.gpus, _lower(model), memory) for n in prep.nodes]
+                assert prep.matching(_lower(model), memory) == want
 
 
 @settings(max_examples=200, deadline=None)
