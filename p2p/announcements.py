@@ -9,7 +9,6 @@ comes in as `now_ms`, and the same offers in the same order always give the same
 from __future__ import annotations
 
 import enum
-import functools
 import heapq
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from p2p.wire import (
     Struct,
     Text,
     UInt,
+    computed_once,
     decode_signed,
     register,
     wire_field,
@@ -86,13 +86,13 @@ class CapacityAnnouncement(Record):
             return "each GPU model may appear once"
         return None
 
-    @functools.cached_property
+    @computed_once
     def gpu_total(self) -> int:
         """Cached on first use (the record is immutable): read once per delivery by every
         core in a simulation. Not a field, so equality and the wire form ignore it."""
         return sum(g.count for g in self.gpus)
 
-    @functools.cached_property
+    @computed_once
     def expiry_key(self) -> tuple[int, bytes]:
         """(expires_ms, node_id), the book's expiry-heap item: built once per record, so the
         books of a thousand simulated nodes holding this record share one tuple."""

@@ -16,7 +16,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, overload
 
 import nacl.exceptions
 import nacl.signing
@@ -100,6 +100,14 @@ class Blob(WireType):
             raise DecodeError(f"{path}: {len(raw)} bytes exceeds {self.max_len}")
         return raw
 
+    def validate(self, value: Any, path: str) -> None:
+        """The round trip's checks on a value that passes them (every node id, key and hash a
+        node puts in a record); anything else takes the round trip, for its error."""
+        exact = self.exact_len
+        if isinstance(value, bytes) and len(value) <= self.max_len and exact in (None, len(value)):
+            return
+        super().validate(value, path)
+
 
 @dataclass(frozen=True)
 class Text(WireType):
@@ -125,6 +133,15 @@ class Text(WireType):
             bad = next(b for b in raw if not 0x20 <= b <= 0x7E)
             raise DecodeError(f"{path}: byte 0x{bad:02x} is not printable ASCII")
         return raw.decode("ascii")
+
+    def validate(self, value: Any, path: str) -> None:
+        """The round trip's checks on a value that passes them: for ASCII, `isprintable` is
+        exactly 0x20..0x7E and a character is a byte. Anything else takes the round trip,
+        for its error."""
+        ascii_ok = isinstance(value, str) and value.isascii() and value.isprintable()
+        if ascii_ok and len(value) <= self.max_bytes:
+            return
+        super().validate(value, path)
 
 
 @dataclass(frozen=True)
@@ -179,6 +196,34 @@ class Nested(WireType):
 
 
 _NO_DEFAULT: Any = dataclasses.MISSING
+
+_T = TypeVar("_T")
+
+
+class computed_once(Generic[_T]):
+    """`functools.cached_property` for frozen records, without the lock that Python 3.11's
+    takes on every first read: a record's derived value (its GPU total, its expiry key) is
+    first read while it is built or decoded, so every record paid the lock, once per
+    announcement per node. Records are immutable, so two threads computing the same value
+    at once is harmless."""
+
+    def __init__(self, func: Callable[[Any], _T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> computed_once[_T]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _T: ...
+    def __get__(self, instance: object | None, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.func(instance)  # read from there next time
+        return value
 
 
 def wire_field(wire_type: WireType, default: Any = _NO_DEFAULT) -> Any:

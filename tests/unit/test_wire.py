@@ -32,8 +32,11 @@ from p2p.wire import (
     ENVELOPE_FORMAT,
     RECORD_KINDS,
     U64_MAX,
+    Blob,
     Record,
     Signed,
+    Text,
+    WireType,
     decode_signed,
     register,
     sign,
@@ -529,3 +532,33 @@ def test_decode_errors_name_the_field_path(path: tuple[int, ...], value: Any,
     with pytest.raises(DecodeError, match=reason) as info:
         decode_signed(wire, chain_id=CHAIN)
     assert not isinstance(info.value, BadSignature)
+
+
+def _round_trip_verdict(wire_type: Any, value: Any) -> str | None:
+    """What the general check (`WireType.validate`: to the wire and back) says of `value`."""
+    try:
+        WireType.validate(wire_type, value, "f")
+    except InvalidRecord as exc:
+        return str(exc)
+    return None
+
+
+def _fast_verdict(wire_type: Any, value: Any) -> str | None:
+    try:
+        wire_type.validate(value, "f")
+    except InvalidRecord as exc:
+        return str(exc)
+    return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.text(st.characters(max_codepoint=0x80), max_size=40),
+                 st.binary(max_size=40), st.integers()),
+       st.integers(0, 40))  # fmt: skip
+def test_text_validate_accepts_and_refuses_what_the_round_trip_does(value: Any, size: int) -> None:
+    """Text and Blob check a locally built value without the round trip when it passes (every
+    record a node builds, every announcement it signs); the verdict, and any error, must be
+    the round trip's."""
+    assert _fast_verdict(Text(size), value) == _round_trip_verdict(Text(size), value)
+    for blob in (Blob(size), Blob(40, size)):
+        assert _fast_verdict(blob, value) == _round_trip_verdict(blob, value)
