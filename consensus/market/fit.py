@@ -272,14 +272,29 @@ def _unfit_verdict(closest: Reason, operators: int, redundancy: int) -> Reason |
 
 @dataclass(frozen=True)
 class CandidateTable:
-    """Per job (in the order asked): its `_Prepared.candidates` list, the same as a map node
-    index -> cost, its fitting nodes as a bit set (bit i: node index i), and how many distinct
-    operators they belong to."""
+    """Per job (in the order asked): its `_Prepared.candidates` list, kept flat (job j's
+    (cost, node index) pairs are `costs[starts[j]:starts[j + 1]]` with `nodes` alike) and
+    built into a list or a node -> cost map only when asked (`list_of`, `cost_map`): a call
+    reads those of a few hundred jobs of a thousand. Also per job: its fitting nodes as a
+    bit set (bit i: node index i), and how many distinct operators they belong to."""
 
-    lists: list[list[tuple[int, int]]]
-    costs: list[dict[int, int]]
+    costs: list[int]
+    nodes: list[int]
+    starts: list[int]
+    """len(jobs) + 1 offsets into `costs` and `nodes`."""
     bits: list[int]
     operators: list[int]
+
+    def list_of(self, j: int) -> list[tuple[int, int]]:
+        a, b = self.starts[j], self.starts[j + 1]
+        return list(zip(self.costs[a:b], self.nodes[a:b], strict=True))
+
+    def cost_map(self, j: int) -> dict[int, int]:
+        a, b = self.starts[j], self.starts[j + 1]
+        return dict(zip(self.nodes[a:b], self.costs[a:b], strict=True))
+
+    def count(self, j: int) -> int:
+        return self.starts[j + 1] - self.starts[j]
 
     @classmethod
     def of_lists(
@@ -287,8 +302,9 @@ class CandidateTable:
     ) -> CandidateTable:
         """The table derived from the lists, one job at a time."""
         return cls(
-            lists=lists,
-            costs=[{i: c for c, i in cands} for cands in lists],
+            costs=[c for cands in lists for c, _ in cands],
+            nodes=[i for cands in lists for _, i in cands],
+            starts=list(itertools.accumulate((len(cands) for cands in lists), initial=0)),
             bits=[sum(1 << i for _, i in cands) for cands in lists],
             operators=[len({operator[i] for _, i in cands}) for cands in lists],
         )
@@ -512,10 +528,7 @@ class _Prepared:
         order = np.argsort(cost, axis=1, kind="stable")
         ranked = np.take_along_axis(cost, order, axis=1)
         kept = ranked < _INT64_SAFE  # each row's fitting nodes come first, in cost order
-        flat_costs, flat_nodes = ranked[kept].tolist(), order[kept].tolist()
-        pairs = list(zip(flat_costs, flat_nodes, strict=True))
-        ends = np.cumsum(kept.sum(axis=1)).tolist()
-        spans = list(zip([0, *ends], ends, strict=False))
+        starts = [0, *np.cumsum(kept.sum(axis=1)).tolist()]
         width = (n + 7) // 8
         packed = np.packbits(fit, axis=1, bitorder="little").tobytes()
         nodes_of_operator: dict[bytes, list[int]] = {}
@@ -525,8 +538,9 @@ class _Prepared:
         for cols in nodes_of_operator.values():  # an operator counts once if any node fits
             operators += fit[:, cols].any(axis=1)
         return CandidateTable(
-            lists=[pairs[a:b] for a, b in spans],
-            costs=[dict(zip(flat_nodes[a:b], flat_costs[a:b], strict=True)) for a, b in spans],
+            costs=ranked[kept].tolist(),
+            nodes=order[kept].tolist(),
+            starts=starts,
             bits=[
                 int.from_bytes(packed[j * width : (j + 1) * width], "little")
                 for j in range(len(jobs))

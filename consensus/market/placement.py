@@ -153,24 +153,33 @@ def _place_all(
     spare_of: dict[int, int],
     order: str,
 ) -> tuple[_Placement, list[int], int]:
-    """One placement in one job order: greedy, then repair. `spare_of` gives each job's
-    operators beyond its k. Returns the state, the job numbers left out for want of
-    capacity, and the repair steps taken."""
-    max_need = max((jobs[j].gpus_needed for j in cands_of), default=0)
+    """One placement in one job order: greedy, then repair. `spare_of` names the jobs to
+    place, with each one's operators beyond its k. Returns the state, the job numbers left
+    out for want of capacity, and the repair steps taken."""
+    max_need = max((jobs[j].gpus_needed for j in spare_of), default=0)
     state = _Placement(prep, cands_of, costs, cand_bits, max_need)
-    queue = sorted((_order_key(order, jobs[j], spare_of[j]), j) for j in cands_of)
-    left_out = [j for _, j in queue if not _place_greedy(state, j, jobs[j], cands_of[j])]
+    queue = sorted((_order_key(order, jobs[j], spare_of[j]), j) for j in spare_of)
+    left_out = [j for _, j in queue if not _place_greedy(state, j, jobs[j])]
     share = REPAIR_BUDGET // len(ORDERS)
     budget = [share]
-    dropped = [j for j in left_out if not _place_with_ejection(state, j, jobs, cands_of[j], budget)]
+    dropped = [
+        j
+        for j in left_out  # with no budget left a repair refuses at once: skip its list
+        if budget[0] <= 0 or not _place_with_ejection(state, j, jobs, cands_of[j], budget)
+    ]
     return state, sorted(dropped), share - max(budget[0], 0)
 
 
-def _place_greedy(state: _Placement, j: int, job: JobRequest, cands: list[tuple[int, int]]) -> bool:
-    """The k cheapest nodes with room, on distinct operators; places them, or nothing."""
+def _place_greedy(
+    state: _Placement, j: int, job: JobRequest, cands: list[tuple[int, int]] | None = None
+) -> bool:
+    """The k cheapest nodes with room, on distinct operators, from `cands` (default: the
+    job's candidate list, cheapest first); places them, or nothing."""
     need, k = job.gpus_needed, job.redundancy
     if (state.cand_bits[j] & state.room_bits[need]).bit_count() < k:
         return False  # fewer than k of its nodes have room: most of a full market's backlog
+    if cands is None:
+        cands = state.cands_of[j]
     left, operator = state.left, state.prep.operator
     room = [(c, i) for c, i in cands if left[i] >= need]
     if len(room) < k:

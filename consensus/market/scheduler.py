@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from consensus.market.fit import (
     DEFAULT_WEIGHTS,
@@ -89,6 +90,8 @@ class Invalid(enum.IntEnum):
     """Records not in job id order (the committed form is sorted, so it has one encoding)."""
 
 
+_V = TypeVar("_V")
+
 IMPROVE_BUDGET = 12_000
 """The same bound for the improvement pass (run once, on the best order's result)."""
 WORK_BUDGET = 150_000
@@ -135,11 +138,11 @@ def schedule(
         raise ValueError("job ids must be distinct")
     prep = _Prepared(nodes, weights)
     reasons: dict[int, Reason] = {}
-    cands_of: dict[int, list[tuple[int, int]]] = {}
-    costs: dict[int, dict[int, int]] = {}
     cand_bits: dict[int, int] = {}
     spare_of: dict[int, int] = {}
     table = prep.candidate_table(by_id)
+    cands_of = _BuiltOnRead(table.list_of)
+    costs = _BuiltOnRead(table.cost_map)
     for j, job in enumerate(by_id):
         spare = table.operators[j] - job.redundancy
         if spare < 0:
@@ -148,10 +151,10 @@ def schedule(
             reason = None if table.operators[j] else prep.unfit_reason(job)
             reasons[j] = Reason.NOT_ENOUGH_OPERATORS if reason is None else reason
             continue
-        cands_of[j], costs[j], cand_bits[j] = table.lists[j], table.costs[j], table.bits[j]
+        cand_bits[j] = table.bits[j]
         spare_of[j] = spare
     spent = len(prep.nodes) * len(by_id) // NODE_CHECKS_PER_STEP + len(ORDERS) * sum(
-        len(cands) for cands in cands_of.values()
+        table.count(j) for j in spare_of
     )
     best: tuple[int, int, _Placement, list[int]] | None = None
     for order_no, order in enumerate(ORDERS):
@@ -177,7 +180,7 @@ def schedule(
     for j in dropped:
         # Moves made after a job was given up on may have opened room for it; a job left out
         # must not fit what is left over (`check_assignment` insists), so it gets one more try.
-        if not _place_greedy(state, j, by_id[j], cands_of[j]):
+        if not _place_greedy(state, j, by_id[j]):
             reasons[j] = Reason.NO_CAPACITY
     assigned = []
     for j, placed in state.nodes_of.items():
@@ -190,6 +193,20 @@ def schedule(
     assigned.sort(key=lambda a: a.job_id)
     unassigned.sort(key=lambda u: u.job_id)
     return assigned, unassigned
+
+
+class _BuiltOnRead(dict[int, _V]):
+    """Job number -> a value built from the candidate table on first read. A call reads the
+    candidate lists and cost maps of a few hundred jobs of a thousand (those it places or
+    tries to); building all of them took a tenth of a 1,000 x 100 call."""
+
+    def __init__(self, build: Callable[[int], _V]) -> None:
+        super().__init__()
+        self._build = build
+
+    def __missing__(self, j: int) -> _V:
+        value = self[j] = self._build(j)
+        return value
 
 
 def total_cost(

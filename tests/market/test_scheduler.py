@@ -379,7 +379,7 @@ def test_candidate_table_leaves_int64_for_huge_counts_weights_and_rtts() -> None
         prep = _Prepared([node], weights)
         table = prep.candidate_table(jobs)
         assert table == CandidateTable.of_lists([prep.candidates(j) for j in jobs], prep.operator)
-        assert table.lists[0] == [] and len(table.lists[1]) == 1
+        assert table.list_of(0) == [] and len(table.list_of(1)) == 1
 
 
 def test_matching_by_array_agrees_with_node_by_node() -> None:
