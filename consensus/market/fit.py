@@ -284,6 +284,8 @@ class CandidateTable:
     """len(jobs) + 1 offsets into `costs` and `nodes`."""
     bits: list[int]
     operators: list[int]
+    closest: dict[int, Reason] = field(default_factory=dict, compare=False)
+    """For jobs no node fits, where the table knows it: `unfit_reason`'s answer."""
 
     def list_of(self, j: int) -> list[tuple[int, int]]:
         a, b = self.starts[j], self.starts[j + 1]
@@ -537,6 +539,11 @@ class _Prepared:
         operators = np.zeros(len(jobs), np.int64)
         for cols in nodes_of_operator.values():  # an operator counts once if any node fits
             operators += fit[:, cols].any(axis=1)
+        unfit = np.flatnonzero(operators == 0)
+        closest = self._closest_reasons(
+            list(keys), key_of[unfit], need[unfit], cap[unfit], region[unfit], rtt_cap[unfit],
+            rtts[sub_of[unfit]], regions,
+        )  # fmt: skip
         return CandidateTable(
             costs=ranked[kept].tolist(),
             nodes=order[kept].tolist(),
@@ -546,7 +553,47 @@ class _Prepared:
                 for j in range(len(jobs))
             ],
             operators=operators.tolist(),
+            closest=dict(zip(unfit.tolist(), closest, strict=True)),
         )
+
+    def _closest_reasons(
+        self,
+        keys: list[tuple[str | None, int, int]],
+        key_of: np.ndarray,
+        need: np.ndarray,
+        cap: np.ndarray,
+        region: np.ndarray,
+        rtt_cap: np.ndarray,
+        rtt: np.ndarray,
+        region_ids: dict[str, int],
+    ) -> list[Reason]:
+        """`unfit_reason` of jobs no node fits, all at once, from `candidate_table`'s columns
+        for those jobs: per node the first check of `fits` it fails (`Reason` is in that
+        order), per job the largest, the node that came closest. An overloaded backlog has
+        dozens of such jobs, each a Python pass over every node one at a time."""
+        if not len(key_of):
+            return []
+        models = self._spec_columns[0]
+        has = np.array([np.full(len(self.nodes), True) if model is None
+                        else (models == self._model_ids.get(model, -1)).any(axis=1)
+                        for model, _, _ in keys])  # fmt: skip
+        matching = np.array([self._matching_rows[(model, memory)] for model, memory, _ in keys])
+        m, asked = matching[key_of], need[:, None]
+        node_region = np.array([region_ids[r] for r in self.region], np.int64)
+        checks = [
+            ~has[key_of],
+            m == 0,
+            m < asked,
+            (region[:, None] != -1) & (node_region[None, :] != region[:, None]),
+            np.array(self.price, np.int64)[None, :] > cap[:, None],
+            (rtt_cap[:, None] >= 0) & (rtt > rtt_cap[:, None]),
+            np.array(self.free, np.int64)[None, :] < asked,
+        ]
+        codes = [Reason.NO_FIT_MODEL, Reason.NO_FIT_MEMORY, Reason.NOT_ENOUGH_GPUS,
+                 Reason.NO_FIT_REGION, Reason.PRICE_TOO_LOW, Reason.RTT_TOO_HIGH,
+                 Reason.NO_CAPACITY]  # fmt: skip
+        first_failed = np.select(checks, [int(c) for c in codes], default=int(Reason.NO_NODES))
+        return [Reason(c) for c in first_failed.max(axis=1).tolist()]
 
     def unfit_reason(self, job: JobRequest) -> Reason | None:
         """`unfit_reason(job, nodes)`, unrolled over the columns like `candidates` (the

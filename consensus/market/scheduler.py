@@ -148,7 +148,11 @@ def schedule(
         if spare < 0:
             # Some operators fit, too few: that is the verdict, with no need to ask every node
             # why it does not fit (`unfit_reason` counts the same operators as the table).
-            reason = None if table.operators[j] else prep.unfit_reason(job)
+            # None fits: the closest node's reason, from the table unless it took the one-job
+            # path (then `unfit_reason` asks node by node).
+            reason = table.closest.get(j) if not table.operators[j] else None
+            if reason is None and not table.operators[j]:
+                reason = prep.unfit_reason(job)
             reasons[j] = Reason.NOT_ENOUGH_OPERATORS if reason is None else reason
             continue
         cand_bits[j] = table.bits[j]

@@ -364,6 +364,11 @@ def test_candidate_table_agrees_with_one_job_at_a_time(
     prep = _Prepared(nodes, DEFAULT_WEIGHTS)
     table = prep.candidate_table(jobs)
     assert table == CandidateTable.of_lists([prep.candidates(j) for j in jobs], prep.operator)
+    for j, job in enumerate(jobs):  # where no node fits, the table knows why (numpy path)
+        if j in table.closest:
+            assert table.operators[j] == 0 and table.closest[j] == prep.unfit_reason(job)
+    if huge_price is None and not no_cap and nodes:  # the numpy path
+        assert set(table.closest) == {j for j, ops in enumerate(table.operators) if not ops}
 
 
 def test_candidate_table_leaves_int64_for_huge_counts_weights_and_rtts() -> None:
