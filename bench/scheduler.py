@@ -15,6 +15,12 @@ Target: within 5% of the optimum.
 
     python bench/scheduler.py                  # full run
     python bench/scheduler.py --quick --json   # a smoke run of seconds (make test)
+    python bench/scheduler.py --first-seed 10 --seeds 20   # quality on other seeds
+
+The default seeds 0-9 are what the figures in the notes were taken on; other seeds show how
+far those ten generalise. For the tight k <= 3 markets they do not: at 300 jobs x 60 nodes,
+load 1.2, seeds 0-9 have 1 instance over 5%, seeds 10-29 have 4 and seeds 100-159 have 18 of
+60 (mean ratio 1.042), so the quality target is not met there in general.
 """
 
 from __future__ import annotations
@@ -236,7 +242,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--seeds", type=int, help="quality instances per size (default 10)")
+    parser.add_argument("--first-seed", type=int, default=0, help="first quality seed")
     args = parser.parse_args()
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     if args.quick:
         sp = speed(seeds=2, n_jobs=1000, n_nodes=100, repeats=3)
         sizes = [(60, 20, True, 1.2), (30, 12, False, 0.9)]
@@ -253,7 +263,9 @@ def main() -> int:
           flush=True)  # fmt: skip
     runs = []
     for n_jobs, n_nodes, simple, load in sizes:
-        for seed in range(seeds):
+        if args.seeds is not None:
+            seeds = args.seeds
+        for seed in range(args.first_seed, args.first_seed + seeds):
             r = quality(seed, n_jobs, n_nodes, simple, load)
             runs.append(r)
             print(f"quality {r['jobs']:>4} jobs x {n_nodes:>3} nodes "
@@ -277,12 +289,15 @@ def main() -> int:
     worst_k1 = max((r["ratio"] for r in runs if r["k1_one_gpu"]), default=None)
     worst_k3 = max((r["ratio"] for r in runs if not r["k1_one_gpu"]), default=None)
     met = worst <= RATIO_TARGET
-    print(f"worst cost ratio {worst} (k=1, one GPU: {worst_k1}; k<=3, <=4 GPUs: {worst_k3}): "
+    over = sum(r["ratio"] > RATIO_TARGET for r in runs)
+    print(f"worst cost ratio {worst} (k=1, one GPU: {worst_k1}; k<=3, <=4 GPUs: {worst_k3}), "
+          f"{over} of {len(runs)} instances over 5%: "
           f"within 5% of optimum: {'met' if met else 'NOT met'}")  # fmt: skip
     if args.json:
         print(json.dumps({"benchmark": "scheduler", "speed": sp, "quality": runs,
                           "quality_by_size": summary,
                           "worst_ratio": worst, "worst_ratio_k1": worst_k1,
+                          "instances_over_target": over,
                           "worst_ratio_replicated": worst_k3, "ratio_target_met": met,
                           "p99_target_met": sp["p99_target_met"]}))  # fmt: skip
     return 0
