@@ -242,7 +242,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--seeds", type=int, help="quality instances per size (default 10)")
+    parser.add_argument("--seeds", type=int, help="quality seeds per size (10; --quick: 2)")
     parser.add_argument("--first-seed", type=int, default=0, help="first quality seed")
     args = parser.parse_args()
     if args.seeds is not None and args.seeds < 1:
@@ -261,10 +261,10 @@ def main() -> int:
           f"p99 {sp['call_p99_ms']} ms per call, {sp['decisions_per_s']} decisions/s, "
           f"p99 <= {P99_TARGET_MS} ms: {'met' if sp['p99_target_met'] else 'NOT met'}",
           flush=True)  # fmt: skip
+    if args.seeds is not None:
+        seeds = args.seeds
     runs = []
     for n_jobs, n_nodes, simple, load in sizes:
-        if args.seeds is not None:
-            seeds = args.seeds
         for seed in range(args.first_seed, args.first_seed + seeds):
             r = quality(seed, n_jobs, n_nodes, simple, load)
             runs.append(r)

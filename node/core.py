@@ -204,8 +204,12 @@ class NodeCore:
         self._next_announce_ms = 0
         self._last_announce_ms = -(2**62)
         self._penalties: dict[PeerId, int] = {}
-        self._last_dial_ms: dict[PeerId, int] = {}
-        """When we last dialled each node, for dial_retry_ms (older entries are dropped)."""
+        self._dial_after_ms: dict[PeerId, int] = {}
+        """Nodes we may not dial before the time given, dial_retry_ms after their last dial
+        (entries in the past are dropped)."""
+        self._dials_failed: dict[PeerId, int] = {}
+        """When each node's last dial was given up without it becoming a peer: such nodes
+        are dialled after every other candidate (entries go after FAILED_DIAL_MEMORY)."""
         self._dials_under_way: dict[PeerId, int] = {}
         """Dials that have not yet become a peer, with when they were made."""
         self._dials_quiet_until_ms = 0
@@ -229,6 +233,7 @@ class NodeCore:
             case PeerUp(peer=peer):
                 self.peers.add(peer)
                 self._dials_under_way.pop(peer, None)
+                self._dials_failed.pop(peer, None)
                 soon = max(
                     now_ms + self.config.reannounce_after_peer_ms,
                     self._last_announce_ms + self.config.announce_interval_ms // 2,
@@ -272,7 +277,7 @@ class NodeCore:
         if verdict is Verdict.ACCEPTED:
             ann = signed.record
             if ann.addrs and self._may_dial_now(ann.node_id, now_ms):
-                self._dials_quiet_until_ms = 0  # a node we may dial, or a new address of one
+                self._dials_quiet_until_ms = 0  # a node we may dial (new, or due again)
             ready.events.append(_accepted_event(ann.node_id, ann.seq, ann.issued_ms, ann.gpu_total))
         elif verdict in (Verdict.DUPLICATE, Verdict.STALE):
             return  # normal under gossip: late or repeated copies
@@ -346,46 +351,71 @@ class NodeCore:
         peer = _peer_of_key(node_id)
         if peer == self.identity.peer_id or peer in self.peers:
             return False
-        return now_ms - self._last_dial_ms.get(peer, -self.config.dial_retry_ms) >= (
-            self.config.dial_retry_ms
-        )
+        return self._dial_after_ms.get(peer, now_ms) <= now_ms
 
     def _plan_dials(self, now_ms: int, ready: Ready) -> None:
         """Dial known but unconnected nodes while peers plus dials under way fall short of
-        peers_target, each node at most once per dial_retry_ms; the order is by node id, so
-        every run makes the same choices.
+        peers_target, each at most once per dial_retry_ms, in node id order (so every run
+        makes the same choices) but nodes whose last dial failed last, longest failed first.
 
         A dial is under way for dial_retry_ms unless it became a peer sooner, and counts
         towards the target: without that, each step (every gossip message) dialled another
         batch, and a node short of peers dialled every node it knew within one retry period.
+        The core hears of no failed dial, only of peers: a dial under way that is given up
+        marks its node as failed, and the next scans try every other candidate before it,
+        instead of the same first few in id order, which may be unreachable.
+
         After a scan, `_dials_quiet_until_ms` is the first moment a dial under way is given
-        up or a retry falls due; until then, or until a peer leaves or a node we may dial
-        announces itself, another scan would find no one either and is skipped. A node short
-        of peers in a big network would otherwise sort its whole book on every step."""
+        up or a node falls due again; until then, or until a peer leaves or a node we may
+        dial announces itself, another scan would find no one either and is skipped. A node
+        short of peers in a big network would otherwise sort its whole book on every step."""
         retry_ms = self.config.dial_retry_ms
-        recent = {peer: at for peer, at in self._last_dial_ms.items() if now_ms - at < retry_ms}
-        self._last_dial_ms = recent  # older entries mean nothing any more: keep the map small
-        self._dials_under_way = {p: at for p, at in self._dials_under_way.items() if p in recent}
+        failed = self._dials_failed
+        for peer, at in list(self._dials_under_way.items()):
+            if now_ms - at >= retry_ms:  # given up: it never became a peer
+                del self._dials_under_way[peer]
+                failed[peer] = now_ms
+        if failed:
+            forget = now_ms - FAILED_DIAL_MEMORY * retry_ms
+            self._dials_failed = failed = {p: t for p, t in failed.items() if t > forget}
+        after = {p: t for p, t in self._dial_after_ms.items() if t > now_ms}
+        self._dial_after_ms = after
         missing = self.config.peers_target - len(self.peers) - len(self._dials_under_way)
         next_due = min(self._dials_under_way.values(), default=_NEVER_MS - retry_ms) + retry_ms
+        dials_before = len(ready.dial)
         if missing > 0:
+            last_resort: list[tuple[PeerId, CapacityAnnouncement]] = []
             for ann in self.book.live(now_ms):
                 if not ann.addrs:
                     continue
                 peer = _peer_of_key(ann.node_id)
                 if peer == self.identity.peer_id or peer in self.peers:
                     continue
-                last = self._last_dial_ms.get(peer)
-                if last is not None:
-                    next_due = min(next_due, last + retry_ms)
-                    continue
-                self._last_dial_ms[peer] = self._dials_under_way[peer] = now_ms
-                ready.dial.append(Dial(peer, ann.addrs))
-                next_due = min(next_due, now_ms + retry_ms)
-                missing -= 1
+                due = after.get(peer)
+                if due is not None:
+                    next_due = min(next_due, due)
+                elif peer in failed:
+                    last_resort.append((peer, ann))
+                else:
+                    missing = self._dial(peer, ann, now_ms, ready, missing)
+                    if missing <= 0:
+                        break
+            last_resort.sort(key=lambda item: failed[item[0]])  # longest failed first
+            for peer, ann in last_resort:
                 if missing <= 0:
                     break
+                missing = self._dial(peer, ann, now_ms, ready, missing)
+            if len(ready.dial) > dials_before:
+                next_due = min(next_due, now_ms + retry_ms)
         self._dials_quiet_until_ms = next_due
+
+    def _dial(
+        self, peer: PeerId, ann: CapacityAnnouncement, now_ms: int, ready: Ready, missing: int
+    ) -> int:
+        self._dial_after_ms[peer] = now_ms + self.config.dial_retry_ms
+        self._dials_under_way[peer] = now_ms
+        ready.dial.append(Dial(peer, ann.addrs))
+        return missing - 1
 
     def _next_wake_ms(self, now_ms: int) -> int:
         """`_on_time` has just expired everything due, so the book's first expiry is the
@@ -395,7 +425,7 @@ class NodeCore:
         if first_expiry is not None:
             wake = min(wake, first_expiry)
         if len(self.peers) < self.config.peers_target:
-            wake = min(wake, now_ms + self.config.dial_retry_ms)
+            wake = min(wake, self._dials_quiet_until_ms)  # the next scan that can find someone
         return max(wake, now_ms + 1)
 
     # -- read-only views -----------------------------------------------------------------------
@@ -422,6 +452,8 @@ class NodeCore:
         }
 
 
+FAILED_DIAL_MEMORY = 8
+"""A failed dial puts its node last among dial candidates for this many retry periods."""
 _NEVER_MS = 2**63
 """A time no clock reaches: "no dial falls due until something else changes"."""
 

@@ -23,7 +23,7 @@ from p2p.announcements import GpuSpec
 
 PERMILLE = 1000
 _INT64_SAFE = 1 << 62
-"""Above this, `_Prepared.candidates_many` leaves int64 for Python ints."""
+"""Above this, `_Prepared.candidate_table` leaves int64 for Python ints (the one-job path)."""
 SPEED_CAP_PERMILLE = 2000
 """Speeds above twice nominal score as twice nominal: a node cannot buy unbounded priority by
 reporting (or briefly measuring) an absurd speed."""
@@ -329,7 +329,6 @@ class _Prepared:
         self.rtt = [n._rtt for n in ordered]
         self.static = [_static_cost(n, weights) for n in ordered]
         self._matching: dict[tuple[str | None, int], list[int]] = {}
-        self._model_ids: dict[str, int] = {}
         self._matching_rows: dict[tuple[str | None, int], np.ndarray] = {}
         self._has_model: dict[str | None, list[bool]] = {}
         self._roomy: dict[tuple[str | None, int, int], list[int]] = {}
@@ -341,10 +340,10 @@ class _Prepared:
         key = (model, min_memory_mib)
         found = self._matching.get(key)
         if found is None:
-            models, memory, count = self._spec_columns
+            models, memory, count, model_ids = self._spec_columns
             ok = memory >= max(-_INT64_SAFE, min(min_memory_mib, _INT64_SAFE))  # int64 asks
             if model is not None:
-                ok &= models == self._model_ids.get(model, -1)
+                ok &= models == model_ids.get(model, -1)
             self._matching_rows[key] = row = (count * ok).sum(axis=1)
             found = row.tolist()
             self._matching[key] = found
@@ -354,27 +353,31 @@ class _Prepared:
         """`roomy` as a boolean row over the nodes, from `matching`'s array. `need` must be
         below 2**62 (`candidate_table` checks); free GPUs are bounded by the GPUs offered."""
         self.matching(model, min_memory_mib)
-        free = np.array(self.free, np.int64)
-        return (self._matching_rows[(model, min_memory_mib)] >= need) & (free >= need)
+        return (self._matching_rows[(model, min_memory_mib)] >= need) & (self._free_gpus >= need)
 
     @functools.cached_property
-    def _spec_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _free_gpus(self) -> np.ndarray:
+        return np.array(self.free, np.int64)
+
+    @functools.cached_property
+    def _spec_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
         """The offers' GPU specs as int64 (nodes x most specs per node) columns: model id
-        (-2 pads), memory, count (0 pads). A backlog asks a few dozen (model, memory)
-        pairs, and `matching` answers each with a few array operations instead of a Python
-        pass over every node's specs. `GpuSpec` bounds count (1,024) and memory (2**24 MiB)
-        when it is built, so the sums stay far inside int64."""
+        (-2 pads), memory, count (0 pads), and the ids of the (lower-cased) models. A
+        backlog asks a few dozen (model, memory) pairs, and `matching` answers each with a
+        few array operations instead of a Python pass over every node's specs. `GpuSpec`
+        bounds count (1,024) and memory (2**24 MiB) when it is built, so the sums stay far
+        inside int64."""
         widest = max((len(n.gpus) for n in self.nodes), default=0)
         shape = (len(self.nodes), max(widest, 1))
         models = np.full(shape, -2, np.int64)
         memory = np.zeros(shape, np.int64)
         count = np.zeros(shape, np.int64)
-        ids = self._model_ids
+        ids: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
             for s, g in enumerate(node.gpus):
                 models[i, s] = ids.setdefault(g.model.lower(), len(ids))
                 memory[i, s], count[i, s] = g.memory_mib, g.count
-        return models, memory, count
+        return models, memory, count, ids
 
     def roomy(self, model: str | None, min_memory_mib: int, need: int) -> list[int]:
         """Indices of the nodes with `need` matching GPUs and as many announced free: the
@@ -417,7 +420,9 @@ class _Prepared:
         if max(measured, abs(same_ms), abs(unknown_ms)) >= _INT64_SAFE:
             return None
         node_region = np.array([region_ids[r] for r in self.region], np.int64)
-        sub_region = np.array([region_ids.get(r, -1) for _, r in subs], np.int64)  # type: ignore[arg-type]
+        sub_region = np.array(
+            [-1 if r is None else region_ids.get(r, -1) for _, r in subs], np.int64
+        )
         table = np.where(sub_region[:, None] == node_region[None, :], same_ms, unknown_ms)
         table = table.astype(np.int64)
         row_of: dict[bytes, int] = {}
@@ -507,7 +512,7 @@ class _Prepared:
         if rtts is None:
             return one_by_one([self.candidates(job) for job in jobs], self.operator)
         rtt_widest = int(np.abs(rtts).max())
-        if abs(w_rtt) * rtt_widest + max(map(abs, self.static)) >= _INT64_SAFE:
+        if max(abs(w_rtt), abs(w_rtt) * rtt_widest + max(map(abs, self.static))) >= _INT64_SAFE:
             return one_by_one([self.candidates(job) for job in jobs], self.operator)
         base = w_rtt * rtts + np.array(self.static, np.int64)[None, :]  # `base_costs`, all
         widest = int(np.abs(base).max())
@@ -570,13 +575,11 @@ class _Prepared:
         """`unfit_reason` of jobs no node fits, all at once, from `candidate_table`'s columns
         for those jobs: per node the first check of `fits` it fails (`Reason` is in that
         order), per job the largest, the node that came closest. An overloaded backlog has
-        dozens of such jobs, each a Python pass over every node one at a time."""
+        dozens of such jobs, each a Python pass over every node one at a time. The checks
+        below are `fits`' (and `unfit_reason`'s) in their order: change the three together."""
         if not len(key_of):
             return []
-        models = self._spec_columns[0]
-        has = np.array([np.full(len(self.nodes), True) if model is None
-                        else (models == self._model_ids.get(model, -1)).any(axis=1)
-                        for model, _, _ in keys])  # fmt: skip
+        has = np.array([self.has_model(model) for model, _, _ in keys], np.bool_)
         matching = np.array([self._matching_rows[(model, memory)] for model, memory, _ in keys])
         m, asked = matching[key_of], need[:, None]
         node_region = np.array([region_ids[r] for r in self.region], np.int64)
@@ -587,7 +590,7 @@ class _Prepared:
             (region[:, None] != -1) & (node_region[None, :] != region[:, None]),
             np.array(self.price, np.int64)[None, :] > cap[:, None],
             (rtt_cap[:, None] >= 0) & (rtt > rtt_cap[:, None]),
-            np.array(self.free, np.int64)[None, :] < asked,
+            self._free_gpus[None, :] < asked,
         ]
         codes = [Reason.NO_FIT_MODEL, Reason.NO_FIT_MEMORY, Reason.NOT_ENOUGH_GPUS,
                  Reason.NO_FIT_REGION, Reason.PRICE_TOO_LOW, Reason.RTT_TOO_HIGH,

@@ -146,14 +146,17 @@ def schedule(
     for j, job in enumerate(by_id):
         spare = table.operators[j] - job.redundancy
         if spare < 0:
-            # Some operators fit, too few: that is the verdict, with no need to ask every node
-            # why it does not fit (`unfit_reason` counts the same operators as the table).
-            # None fits: the closest node's reason, from the table unless it took the one-job
-            # path (then `unfit_reason` asks node by node).
-            reason = table.closest.get(j) if not table.operators[j] else None
-            if reason is None and not table.operators[j]:
-                reason = prep.unfit_reason(job)
-            reasons[j] = Reason.NOT_ENOUGH_OPERATORS if reason is None else reason
+            if table.operators[j]:
+                # Some operators fit, too few: that is the verdict, with no need to ask every
+                # node why it does not fit (`unfit_reason` counts the same operators).
+                reasons[j] = Reason.NOT_ENOUGH_OPERATORS
+                continue
+            # None fits: the closest node's reason, from the table unless it took the
+            # one-job path (then `unfit_reason` asks node by node; it is never None here).
+            closest = table.closest.get(j)
+            if closest is None:
+                closest = prep.unfit_reason(job)
+            reasons[j] = Reason.NOT_ENOUGH_OPERATORS if closest is None else closest
             continue
         cand_bits[j] = table.bits[j]
         spare_of[j] = spare

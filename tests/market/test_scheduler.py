@@ -367,20 +367,22 @@ def test_candidate_table_agrees_with_one_job_at_a_time(
     for j, job in enumerate(jobs):  # where no node fits, the table knows why (numpy path)
         if j in table.closest:
             assert table.operators[j] == 0 and table.closest[j] == prep.unfit_reason(job)
-    if huge_price is None and not no_cap and nodes:  # the numpy path
+    if huge_price is None and nodes:  # the numpy path (the default cap is clamped)
         assert set(table.closest) == {j for j, ops in enumerate(table.operators) if not ops}
 
 
 def test_candidate_table_leaves_int64_for_huge_counts_weights_and_rtts() -> None:
     """Free nodes and a job asking 2**70 GPUs, a price weight of 2**70, a negative fallback
-    RTT of -2**70: each would overflow int64 (even where prices are 0), so the one-job path
-    answers, with the same table."""
+    RTT of -2**70, an RTT weight of 2**63 where every RTT is 0: each would overflow int64
+    (even where prices or RTTs are 0), so the one-job path answers, with the same table."""
     node = NodeOffer(node_id=nid(0), operator=b"op", gpus=(GpuSpec("H100", 8, 81_920),),
                      free_gpus=8, region="eu", price_per_gpu_hour=0)  # fmt: skip
     jobs = [JobRequest(job_id=jid(0), submitter=b"s" * 32, gpus_needed=2**70),
             JobRequest(job_id=jid(1), submitter=b"s" * 32)]  # fmt: skip
     for weights in (DEFAULT_WEIGHTS, replace(DEFAULT_WEIGHTS, price=2**70),
-                    replace(DEFAULT_WEIGHTS, unknown_rtt_ms=-(2**70))):  # fmt: skip
+                    replace(DEFAULT_WEIGHTS, unknown_rtt_ms=-(2**70)),
+                    replace(DEFAULT_WEIGHTS, rtt=2**63, same_region_rtt_ms=0,
+                            unknown_rtt_ms=0)):  # fmt: skip
         prep = _Prepared([node], weights)
         table = prep.candidate_table(jobs)
         assert table == CandidateTable.of_lists([prep.candidates(j) for j in jobs], prep.operator)

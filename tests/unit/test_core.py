@@ -7,6 +7,7 @@ from node.core import (
     Dial,
     Disconnect,
     GossipIn,
+    Input,
     ListenAddrs,
     LocalLoad,
     NodeCore,
@@ -178,40 +179,67 @@ def test_same_inputs_give_the_same_outputs() -> None:
     assert run() == run()
 
 
+def announce_all(b: NodeCore, count: int, at: int) -> tuple[list[NodeCore], list[str]]:
+    """`count` nodes with addresses, each announcing to `b` at `at`; the dials `b` made."""
+    nodes, dials = [make_core(f"n{i}") for i in range(count)], []
+    for i, n in enumerate(nodes):
+        data = n.step(at - 1, ListenAddrs((f"/ip4/127.0.0.1/tcp/{10 + i}",))).publish[0].data
+        dials += [d.peer for d in b.step(at, GossipIn(TOPIC_CAPACITY, data, "x")).dial]
+    return nodes, dials
+
+
+def dialled_at(b: NodeCore, t: int, inp: Input | None = None) -> list[str]:
+    return [d.peer for d in b.step(t, Tick() if inp is None else inp).dial]
+
+
 def test_dials_under_way_count_towards_the_target_so_a_short_node_does_not_dial_everyone() -> None:
     """Each step used to dial another batch while short of peers: a node that wanted 2 peers
     and knew 6 nodes dialled all 6 within three gossip messages."""
-    nodes = [make_core(f"n{i}") for i in range(6)]
     b = make_core("b", peers_target=2, dial_retry_ms=10_000)
     b.step(0, Tick())
-    dialled: list[list[str]] = []
+    calls: list[list[str]] = []
+    nodes = [make_core(f"n{i}") for i in range(6)]
     for i, n in enumerate(nodes):
         data = n.step(1_000, ListenAddrs((f"/ip4/127.0.0.1/tcp/{10 + i}",))).publish[0].data
-        ready = b.step(1_001 + i, GossipIn(TOPIC_CAPACITY, data, "x"))
-        dialled.append([d.peer for d in ready.dial])
-    assert sum(len(d) for d in dialled) == 2, dialled  # two dials under way fill the target
-    first, second = [p for d in dialled for p in d]
-    assert b.step(5_000, PeerUp(first)).dial == []  # a dial became a peer: still 2 in all
+        calls.append(dialled_at(b, 1_001, GossipIn(TOPIC_CAPACITY, data, "x")))
+    first, second = [p for c in calls for p in c]  # two dials under way fill the target
+    assert dialled_at(b, 5_000, PeerUp(first)) == []  # a dial became a peer: still 2 in all
     b.step(6_000, PeerUp("an-inbound-peer"))
-    assert b.step(7_000, PeerDown("an-inbound-peer")).dial == []  # 1 peer + 1 under way
-    replacement = b.step(8_000, PeerDown(first)).dial
-    assert len(replacement) == 1 and replacement[0].peer not in (first, second)
-    again = b.step(11_100, Tick()).dial  # the second dial is given up after dial_retry_ms
-    assert len(again) == 1
-    assert b.step(11_200, Tick()).dial == []
+    assert dialled_at(b, 7_000, PeerDown("an-inbound-peer")) == []  # 1 peer + 1 under way
+    replacement = dialled_at(b, 8_000, PeerDown(first))
+    assert len(replacement) == 1 and replacement[0] not in (first, second)
+    assert dialled_at(b, 11_000) == []  # the second dial is under way for 10 s ...
+    again = dialled_at(b, 11_001)  # ... and then given up, for a node not tried yet
+    assert len(again) == 1 and again[0] not in (first, second, *replacement)
+    assert dialled_at(b, 11_200) == []
+
+
+def test_a_node_whose_first_choices_never_connect_goes_on_to_the_others() -> None:
+    """The core hears of no failed dial, only of peers. Candidates go in id order with the
+    failed ones last, longest failed first: every known node is tried before the first,
+    unreachable, ones again."""
+    b = make_core("b", peers_target=2, dial_retry_ms=5_000)  # within the announcements' ttl
+    nodes, first = announce_all(b, 6, 1_001)
+    batches = [first] + [dialled_at(b, t) for t in (6_000, 6_001, 11_001, 16_001)]
+    assert batches[1] == []  # the first two dials are still under way
+    del batches[1]
+    assert all(len(batch) == 2 for batch in batches), batches
+    assert {p for batch in batches[:3] for p in batch} == {n.identity.peer_id for n in nodes}
+    assert set(batches[3]) == set(batches[0])  # failed longest ago
 
 
 def test_gossip_from_peers_and_dialled_nodes_does_not_make_a_short_node_rescan() -> None:
     a, c = make_core("a"), make_core("c")
     b = make_core("b", peers_target=3, dial_retry_ms=10_000)
+    scans: list[int] = []
+    live = b.book.live
+    b.book.live = lambda now_ms: (scans.append(now_ms), live(now_ms))[1]  # type: ignore[method-assign]
     data_a = a.step(1_000, ListenAddrs(("/ip4/127.0.0.1/tcp/9",))).publish[0].data
-    assert len(b.step(1_001, GossipIn(TOPIC_CAPACITY, data_a, "x")).dial) == 1
-    quiet = b._dials_quiet_until_ms
-    assert quiet == 11_001
+    assert len(dialled_at(b, 1_001, GossipIn(TOPIC_CAPACITY, data_a, "x"))) == 1
+    assert scans == [1_001]
     later_a = a.step(3_000, Tick()).publish[0].data
     b.step(3_001, GossipIn(TOPIC_CAPACITY, later_a, "x"))
-    assert b._dials_quiet_until_ms == quiet  # a is being dialled: nothing new to scan for
+    assert scans == [1_001]  # a is being dialled: nothing new to scan for
     data_c = c.step(3_000, ListenAddrs(("/ip4/127.0.0.1/tcp/8",))).publish[0].data
-    assert [d.peer for d in b.step(3_002, GossipIn(TOPIC_CAPACITY, data_c, "x")).dial] == [
-        c.identity.peer_id
-    ]
+    assert dialled_at(b, 3_002, GossipIn(TOPIC_CAPACITY, data_c, "x")) == [c.identity.peer_id]
+    assert scans == [1_001, 3_002]
