@@ -374,7 +374,7 @@ class NodeCore:
         for peer, at in list(self._dials_under_way.items()):
             if now_ms - at >= retry_ms:  # given up: it never became a peer
                 del self._dials_under_way[peer]
-                failed[peer] = now_ms
+                failed[peer] = at + retry_ms  # when, whenever this scan came
         if failed:
             forget = now_ms - FAILED_DIAL_MEMORY * retry_ms
             self._dials_failed = failed = {p: t for p, t in failed.items() if t > forget}
@@ -425,7 +425,7 @@ class NodeCore:
         if first_expiry is not None:
             wake = min(wake, first_expiry)
         if len(self.peers) < self.config.peers_target:
-            wake = min(wake, self._dials_quiet_until_ms)  # the next scan that can find someone
+            wake = min(wake, now_ms + self.config.dial_retry_ms)
         return max(wake, now_ms + 1)
 
     # -- read-only views -----------------------------------------------------------------------
