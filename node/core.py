@@ -381,10 +381,10 @@ class NodeCore:
         after = {p: t for p, t in self._dial_after_ms.items() if t > now_ms}
         self._dial_after_ms = after
         missing = self.config.peers_target - len(self.peers) - len(self._dials_under_way)
-        next_due = min(self._dials_under_way.values(), default=_NEVER_MS - retry_ms) + retry_ms
-        dials_before = len(ready.dial)
+        next_due = _NEVER_MS  # the first moment a node we skip falls due
         if missing > 0:
             last_resort: list[tuple[PeerId, CapacityAnnouncement]] = []
+            chosen: list[tuple[PeerId, CapacityAnnouncement]] = []
             for ann in self.book.live(now_ms):
                 if not ann.addrs:
                     continue
@@ -397,25 +397,16 @@ class NodeCore:
                 elif peer in failed:
                     last_resort.append((peer, ann))
                 else:
-                    missing = self._dial(peer, ann, now_ms, ready, missing)
-                    if missing <= 0:
+                    chosen.append((peer, ann))
+                    if len(chosen) == missing:
                         break
             last_resort.sort(key=lambda item: failed[item[0]])  # longest failed first
-            for peer, ann in last_resort:
-                if missing <= 0:
-                    break
-                missing = self._dial(peer, ann, now_ms, ready, missing)
-            if len(ready.dial) > dials_before:
-                next_due = min(next_due, now_ms + retry_ms)
-        self._dials_quiet_until_ms = next_due
-
-    def _dial(
-        self, peer: PeerId, ann: CapacityAnnouncement, now_ms: int, ready: Ready, missing: int
-    ) -> int:
-        self._dial_after_ms[peer] = now_ms + self.config.dial_retry_ms
-        self._dials_under_way[peer] = now_ms
-        ready.dial.append(Dial(peer, ann.addrs))
-        return missing - 1
+            for peer, ann in (chosen + last_resort)[:missing]:
+                self._dials_under_way[peer] = now_ms
+                after[peer] = now_ms + retry_ms
+                ready.dial.append(Dial(peer, ann.addrs))
+        first_dial = min(self._dials_under_way.values(), default=_NEVER_MS - retry_ms)
+        self._dials_quiet_until_ms = min(next_due, first_dial + retry_ms)  # or it is given up
 
     def _next_wake_ms(self, now_ms: int) -> int:
         """`_on_time` has just expired everything due, so the book's first expiry is the

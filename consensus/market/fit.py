@@ -15,7 +15,7 @@ import enum
 import functools
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -285,7 +285,7 @@ class CandidateTable:
     bits: list[int]
     operators: list[int]
     closest: dict[int, Reason] = field(default_factory=dict, compare=False)
-    """For jobs no node fits, where the table knows it: `unfit_reason`'s answer."""
+    """For every job no node fits: `unfit_reason`'s answer (the closest node's reason)."""
 
     def list_of(self, j: int) -> list[tuple[int, int]]:
         a, b = self.starts[j], self.starts[j + 1]
@@ -360,6 +360,16 @@ class _Prepared:
         return np.array(self.free, np.int64)
 
     @functools.cached_property
+    def _region_ids(self) -> dict[str, int]:
+        """The offers' regions numbered, for comparing regions as integers."""
+        return {r: k for k, r in enumerate(sorted(set(self.region)))}
+
+    @functools.cached_property
+    def _node_regions(self) -> np.ndarray:
+        ids = self._region_ids
+        return np.array([ids[r] for r in self.region], np.int64)
+
+    @functools.cached_property
     def _spec_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
         """The offers' GPU specs as int64 (nodes x most specs per node) columns: model id
         (-2 pads), memory, count (0 pads), and the ids of the (lower-cased) models. A
@@ -406,20 +416,17 @@ class _Prepared:
             self._rtts[key] = found
         return found
 
-    def _rtt_table(
-        self, subs: list[tuple[bytes, str | None]], region_ids: dict[str, int]
-    ) -> np.ndarray | None:
+    def _rtt_table(self, subs: list[tuple[bytes, str | None]]) -> np.ndarray | None:
         """`rtts` of every submitter in `subs` at once, as an int64 (submitters x nodes)
         array: the region guess in one comparison, then each node's measured RTTs to these
         submitters by set intersection (a backlog's hundred submitters and a hundred nodes
-        are ten thousand lookups one by one). `region_ids` numbers the nodes' regions. None
-        when an RTT could leave int64."""
+        are ten thousand lookups one by one). None when an RTT could leave int64."""
         w = self.weights
         same_ms, unknown_ms = w.same_region_rtt_ms, w.unknown_rtt_ms
         measured = max((max(map(abs, rtt.values()), default=0) for rtt in self.rtt), default=0)
         if max(measured, abs(same_ms), abs(unknown_ms)) >= _INT64_SAFE:
             return None
-        node_region = np.array([region_ids[r] for r in self.region], np.int64)
+        node_region, region_ids = self._node_regions, self._region_ids
         sub_region = np.array(
             [-1 if r is None else region_ids.get(r, -1) for _, r in subs], np.int64
         )
@@ -493,10 +500,10 @@ class _Prepared:
         (tests compare the two)."""
         n = len(self.nodes)
         if not jobs or not n:
-            return CandidateTable.of_lists([[] for _ in jobs], self.operator)
+            return self._table_one_by_one(jobs)
         subs: dict[tuple[bytes, str | None], int] = {}
         keys: dict[tuple[str | None, int, int], int] = {}
-        regions = {r: k for k, r in enumerate(sorted(set(self.region)))}
+        regions = self._region_ids
         rows = []
         for job in jobs:
             sub = subs.setdefault((job.submitter, job.submitter_region), len(subs))
@@ -506,28 +513,26 @@ class _Prepared:
             rtt_cap = -1 if job.max_rtt_ms is None else job.max_rtt_ms
             cap = min(job.max_price_per_gpu_hour, _INT64_SAFE)
             rows.append((sub, ask, need, cap, region, rtt_cap))
-        one_by_one = CandidateTable.of_lists  # the path for values beyond int64
-        rtts = self._rtt_table(list(subs), regions)
+        rtts = self._rtt_table(list(subs))
         w_price, w_rtt = self.weights.price, self.weights.rtt
         if rtts is None:
-            return one_by_one([self.candidates(job) for job in jobs], self.operator)
+            return self._table_one_by_one(jobs)
         rtt_widest = int(np.abs(rtts).max())
         if max(abs(w_rtt), abs(w_rtt) * rtt_widest + max(map(abs, self.static))) >= _INT64_SAFE:
-            return one_by_one([self.candidates(job) for job in jobs], self.operator)
+            return self._table_one_by_one(jobs)
         base = w_rtt * rtts + np.array(self.static, np.int64)[None, :]  # `base_costs`, all
         widest = int(np.abs(base).max())
         most_gpus = max(r[2] for r in rows)
         largest = abs(w_price) * most_gpus * max(self.price) + widest
         if max(largest, max(self.price), max(r[5] for r in rows), most_gpus,
                abs(w_price)) >= _INT64_SAFE:  # fmt: skip
-            return one_by_one([self.candidates(job) for job in jobs], self.operator)
+            return self._table_one_by_one(jobs)
         sub_of, key_of, need, cap, region, rtt_cap = np.array(rows, np.int64).T
         roomy = np.array([self._roomy_row(*key) for key in keys], np.bool_).reshape(len(keys), n)
         price = np.array(self.price, np.int64)
         fit = roomy[key_of] & (price[None, :] <= cap[:, None])
         if (region != -1).any():
-            node_region = np.array([regions[r] for r in self.region], np.int64)
-            fit &= (region[:, None] == -1) | (node_region[None, :] == region[:, None])
+            fit &= (region[:, None] == -1) | (self._node_regions[None, :] == region[:, None])
         if (rtt_cap >= 0).any():
             fit &= (rtt_cap[:, None] < 0) | (rtts[sub_of] <= rtt_cap[:, None])
         cost = (w_price * need)[:, None] * price[None, :] + base[sub_of]
@@ -547,7 +552,7 @@ class _Prepared:
         unfit = np.flatnonzero(operators == 0)
         closest = self._closest_reasons(
             list(keys), key_of[unfit], need[unfit], cap[unfit], region[unfit], rtt_cap[unfit],
-            rtts[sub_of[unfit]], regions,
+            rtts[sub_of[unfit]], price,
         )  # fmt: skip
         return CandidateTable(
             costs=ranked[kept].tolist(),
@@ -561,6 +566,17 @@ class _Prepared:
             closest=dict(zip(unfit.tolist(), closest, strict=True)),
         )
 
+    def _table_one_by_one(self, jobs: Sequence[JobRequest]) -> CandidateTable:
+        """`candidate_table` from `candidates` and `unfit_reason`, one job at a time: the path
+        for values beyond int64 (and for no jobs or no offers), with the same answers."""
+        lists = [self.candidates(job) for job in jobs]
+        closest = {}
+        for j, job in enumerate(jobs):
+            reason = None if lists[j] else self.unfit_reason(job)  # no operator fits: a Reason
+            if reason is not None:
+                closest[j] = reason
+        return replace(CandidateTable.of_lists(lists, self.operator), closest=closest)
+
     def _closest_reasons(
         self,
         keys: list[tuple[str | None, int, int]],
@@ -570,7 +586,7 @@ class _Prepared:
         region: np.ndarray,
         rtt_cap: np.ndarray,
         rtt: np.ndarray,
-        region_ids: dict[str, int],
+        price: np.ndarray,
     ) -> list[Reason]:
         """`unfit_reason` of jobs no node fits, all at once, from `candidate_table`'s columns
         for those jobs: per node the first check of `fits` it fails (`Reason` is in that
@@ -581,14 +597,13 @@ class _Prepared:
             return []
         has = np.array([self.has_model(model) for model, _, _ in keys], np.bool_)
         matching = np.array([self._matching_rows[(model, memory)] for model, memory, _ in keys])
-        m, asked = matching[key_of], need[:, None]
-        node_region = np.array([region_ids[r] for r in self.region], np.int64)
+        m, asked, node_region = matching[key_of], need[:, None], self._node_regions
         checks = [
             ~has[key_of],
             m == 0,
             m < asked,
             (region[:, None] != -1) & (node_region[None, :] != region[:, None]),
-            np.array(self.price, np.int64)[None, :] > cap[:, None],
+            price[None, :] > cap[:, None],
             (rtt_cap[:, None] >= 0) & (rtt > rtt_cap[:, None]),
             self._free_gpus[None, :] < asked,
         ]

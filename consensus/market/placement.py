@@ -162,11 +162,7 @@ def _place_all(
     left_out = [j for _, j in queue if not _place_greedy(state, j, jobs[j])]
     share = REPAIR_BUDGET // len(ORDERS)
     budget = [share]
-    dropped = [
-        j
-        for j in left_out  # with no budget left a repair refuses at once: skip its list
-        if budget[0] <= 0 or not _place_with_ejection(state, j, jobs, cands_of[j], budget)
-    ]
+    dropped = [j for j in left_out if not _place_with_ejection(state, j, jobs, budget)]
     return state, sorted(dropped), share - max(budget[0], 0)
 
 
@@ -315,16 +311,13 @@ def _best_chain(
 
 
 def _place_with_ejection(
-    state: _Placement,
-    j: int,
-    jobs: list[JobRequest],
-    cands: list[tuple[int, int]],
-    budget: list[int],
+    state: _Placement, j: int, jobs: list[JobRequest], budget: list[int]
 ) -> bool:
-    """Place job `j` replica by replica, each by its cheapest chain (`_best_chain`); all
-    undone if k replicas cannot be found."""
+    """Place job `j` replica by replica, each by its cheapest chain (`_best_chain`) from its
+    candidate list; all undone if k replicas cannot be found."""
     if budget[0] <= 0:
         return False  # with no moves left, room is only what the greedy pass already saw
+    cands = state.cands_of[j]  # read only now: a list is built on its first read
     job = jobs[j]
     need, k = job.gpus_needed, job.redundancy
     operator = state.prep.operator

@@ -146,17 +146,9 @@ def schedule(
     for j, job in enumerate(by_id):
         spare = table.operators[j] - job.redundancy
         if spare < 0:
-            if table.operators[j]:
-                # Some operators fit, too few: that is the verdict, with no need to ask every
-                # node why it does not fit (`unfit_reason` counts the same operators).
-                reasons[j] = Reason.NOT_ENOUGH_OPERATORS
-                continue
-            # None fits: the closest node's reason, from the table unless it took the
-            # one-job path (then `unfit_reason` asks node by node; it is never None here).
-            closest = table.closest.get(j)
-            if closest is None:
-                closest = prep.unfit_reason(job)
-            reasons[j] = Reason.NOT_ENOUGH_OPERATORS if closest is None else closest
+            # Some operators fit, too few: that is the verdict, with no need to ask every node
+            # why it does not fit. None fits: the closest node's reason (`unfit_reason`).
+            reasons[j] = Reason.NOT_ENOUGH_OPERATORS if table.operators[j] else table.closest[j]
             continue
         cand_bits[j] = table.bits[j]
         spare_of[j] = spare

@@ -90,10 +90,10 @@ def _trade_in(
             state.mark()
             for i in list(state.nodes_of[v]):
                 state.take(v, jobs[v].gpus_needed, i)
-            if not _place_with_ejection(state, u, jobs, state.cands_of[u], budget):
+            if not _place_with_ejection(state, u, jobs, budget):
                 state.rollback()
                 continue
-            back = _place_with_ejection(state, v, jobs, state.cands_of[v], budget)
+            back = _place_with_ejection(state, v, jobs, budget)
             change = state.delta - penalty * k + (0 if back else penalty * jobs[v].redundancy)
             if change < 0:
                 state.journal = None
@@ -228,9 +228,7 @@ def _clear_round(
         if not place(state, a, jobs[a], cands_of[a]):
             unplaced.append(a)
     still_out = out.difference(pool)
-    still_out.update(
-        a for a in unplaced if not _place_with_ejection(state, a, jobs, cands_of[a], budget)
-    )
+    still_out.update(a for a in unplaced if not _place_with_ejection(state, a, jobs, budget))
     return pool, still_out
 
 
@@ -256,9 +254,9 @@ def _trade_round(
     for i in list(state.nodes_of[v]):
         state.take(v, jobs[v].gpus_needed, i)
     still_out = set(out)
-    if _place_with_ejection(state, u, jobs, state.cands_of[u], budget):
+    if _place_with_ejection(state, u, jobs, budget):
         still_out.discard(u)
-    if u in still_out or not _place_with_ejection(state, v, jobs, state.cands_of[v], budget):
+    if u in still_out or not _place_with_ejection(state, v, jobs, budget):
         still_out.add(v)
     return [v, u], still_out
 

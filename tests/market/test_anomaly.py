@@ -21,10 +21,6 @@ QUIET = LedgerParams(
 )  # fmt: skip
 
 
-LIVE_BLOCKS = QUIET.market.down_after_blocks + 1
-"""Enough blocks for a node never heard from to read as down."""
-
-
 def test_a_node_far_off_its_class_is_found_and_its_peers_are_not() -> None:
     rng = random.Random(1)
     samples = [
@@ -98,8 +94,6 @@ def test_an_operator_that_flags_without_an_offer_is_not_listed_as_a_node_down() 
     uptime view listed that operator as a node, down since block 0."""
     m = offered_market(nodes=4, params=QUIET)  # NODES[4] is an active operator, no offer
     evidence = run_job(m, slow=2, factor=8)
-    for _ in range(LIVE_BLOCKS):
-        m.ok()
     m.send(NODES[4], FlagNode, node=NODES[2].public_key, job_id=evidence)
     m.ok()
     assert m.state.liveness[NODES[4].public_key].flags_sent == 1

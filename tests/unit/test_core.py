@@ -197,12 +197,7 @@ def test_dials_under_way_count_towards_the_target_so_a_short_node_does_not_dial_
     and knew 6 nodes dialled all 6 within three gossip messages."""
     b = make_core("b", peers_target=2, dial_retry_ms=10_000)
     b.step(0, Tick())
-    calls: list[list[str]] = []
-    nodes = [make_core(f"n{i}") for i in range(6)]
-    for i, n in enumerate(nodes):
-        data = n.step(1_000, ListenAddrs((f"/ip4/127.0.0.1/tcp/{10 + i}",))).publish[0].data
-        calls.append(dialled_at(b, 1_001, GossipIn(TOPIC_CAPACITY, data, "x")))
-    first, second = [p for c in calls for p in c]  # two dials under way fill the target
+    _, (first, second) = announce_all(b, 6, 1_001)  # two dials under way fill the target
     assert dialled_at(b, 5_000, PeerUp(first)) == []  # a dial became a peer: still 2 in all
     b.step(6_000, PeerUp("an-inbound-peer"))
     assert dialled_at(b, 7_000, PeerDown("an-inbound-peer")) == []  # 1 peer + 1 under way
