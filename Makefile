@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/gpumesh demo
 
+# One pytest worker per core (at most 4: the integration tests start swarms of real
+# processes of their own); worksteal keeps the long tests from piling up on one worker.
+# On CI's 2 cores this takes the suite from about 12 to about 8.5 minutes.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 bench: $(STAMP)
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
