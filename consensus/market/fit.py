@@ -16,6 +16,7 @@ import functools
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 
 import numpy as np
 
@@ -312,6 +313,13 @@ class CandidateTable:
         )
 
 
+_JOB_FIELDS = attrgetter(
+    "submitter", "submitter_region", "gpu_model", "min_memory_mib", "gpus_needed", "region",
+    "max_rtt_ms", "max_price_per_gpu_hour",
+)  # fmt: skip
+"""The fields of a `JobRequest` that `_Prepared.candidate_table` reads, as one tuple."""
+
+
 class _Prepared:
     """The offers in columns, sorted by node id, with the job-independent work done once per
     call: a job then costs one tight pass over the nodes and one sort of those that fit."""
@@ -340,20 +348,30 @@ class _Prepared:
         key = (model, min_memory_mib)
         found = self._matching.get(key)
         if found is None:
+            found = self._matching[key] = self._matching_row(model, min_memory_mib).tolist()
+        return found
+
+    def _matching_row(self, model: str | None, min_memory_mib: int) -> np.ndarray:
+        """`matching` as an int64 row over the nodes, from the spec columns."""
+        key = (model, min_memory_mib)
+        row = self._matching_rows.get(key)
+        if row is None:
             models, memory, count, model_ids = self._spec_columns
             ok = memory >= max(-_INT64_SAFE, min(min_memory_mib, _INT64_SAFE))  # int64 asks
             if model is not None:
                 ok &= models == model_ids.get(model, -1)
-            self._matching_rows[key] = row = (count * ok).sum(axis=1)
-            found = row.tolist()
-            self._matching[key] = found
-        return found
+            row = self._matching_rows[key] = (count * ok).sum(axis=1)
+        return row
 
-    def _roomy_row(self, model: str | None, min_memory_mib: int, need: int) -> np.ndarray:
-        """`roomy` as a boolean row over the nodes, from `matching`'s array. `need` must be
-        below 2**62 (`candidate_table` checks); free GPUs are bounded by the GPUs offered."""
-        self.matching(model, min_memory_mib)
-        return (self._matching_rows[(model, min_memory_mib)] >= need) & (self._free_gpus >= need)
+    def _roomy_rows(self, keys: list[tuple[str | None, int, int]]) -> np.ndarray:
+        """`roomy` of each (model, memory, need) ask as a boolean (asks x nodes) array, from
+        `_matching_row`'s arrays. Each need must be below 2**62 (`candidate_table` checks);
+        free GPUs are bounded by the GPUs offered."""
+        pairs = {pair: k for k, pair in enumerate(dict.fromkeys(key[:2] for key in keys))}
+        matching = np.array([self._matching_row(*pair) for pair in pairs], np.int64)
+        row = np.array([pairs[key[:2]] for key in keys], np.int64)
+        need = np.array([key[2] for key in keys], np.int64)[:, None]
+        return (matching[row] >= need) & (self._free_gpus[None, :] >= need)
 
     @functools.cached_property
     def _free_gpus(self) -> np.ndarray:
@@ -418,13 +436,19 @@ class _Prepared:
 
     def _rtt_table(self, subs: list[tuple[bytes, str | None]]) -> np.ndarray | None:
         """`rtts` of every submitter in `subs` at once, as an int64 (submitters x nodes)
-        array: the region guess in one comparison, then each node's measured RTTs to these
-        submitters by set intersection (a backlog's hundred submitters and a hundred nodes
-        are ten thousand lookups one by one). None when an RTT could leave int64."""
+        array: the region guess in one comparison, then every measured RTT of every node laid
+        out flat (submitter, ms, node) and written in one indexed assignment (a backlog's
+        hundred submitters and a hundred nodes are ten thousand lookups one by one). None
+        when an RTT could leave int64 (RTTs are never negative: `NodeOffer` checks)."""
         w = self.weights
         same_ms, unknown_ms = w.same_region_rtt_ms, w.unknown_rtt_ms
-        measured = max((max(map(abs, rtt.values()), default=0) for rtt in self.rtt), default=0)
-        if max(measured, abs(same_ms), abs(unknown_ms)) >= _INT64_SAFE:
+        who = list(itertools.chain.from_iterable(self.rtt))
+        ms = list(itertools.chain.from_iterable(rtt.values() for rtt in self.rtt))
+        try:
+            values = np.array(ms, np.int64)
+        except OverflowError:
+            return None
+        if max(int(values.max(initial=0)), abs(same_ms), abs(unknown_ms)) >= _INT64_SAFE:
             return None
         node_region, region_ids = self._node_regions, self._region_ids
         sub_region = np.array(
@@ -437,15 +461,10 @@ class _Prepared:
         for k, (submitter, _) in enumerate(subs):
             if row_of.setdefault(submitter, k) != k:
                 also.append((k, submitter))
-        ks: list[int] = []
-        cols: list[int] = []
-        values: list[int] = []
-        for i, rtt in enumerate(self.rtt):
-            common = rtt.keys() & row_of.keys()  # a set: both passes below see one order
-            ks.extend(map(row_of.__getitem__, common))
-            values.extend(map(rtt.__getitem__, common))
-            cols.extend(itertools.repeat(i, len(common)))
-        table[ks, cols] = values
+        rows = np.fromiter(map(row_of.get, who, itertools.repeat(-1)), np.int64, len(who))
+        cols = np.repeat(np.arange(len(self.rtt)), [len(rtt) for rtt in self.rtt])
+        asked = rows >= 0  # measured RTTs to submitters of this backlog
+        table[rows[asked], cols[asked]] = values[asked]
         for k, submitter in also:
             table[k] = table[row_of[submitter]]  # the measured RTTs are the first row's...
             guess = np.where(node_region == sub_region[k], same_ms, unknown_ms)
@@ -501,18 +520,18 @@ class _Prepared:
         n = len(self.nodes)
         if not jobs or not n:
             return self._table_one_by_one(jobs)
-        subs: dict[tuple[bytes, str | None], int] = {}
-        keys: dict[tuple[str | None, int, int], int] = {}
+        # The jobs' fields as columns (one C-level pass per field, not a Python loop over
+        # jobs), and the distinct submitters and asks numbered in order of first appearance.
+        submitter, sub_region, model, memory, needs, job_region, max_rtt, max_price = zip(
+            *map(_JOB_FIELDS, jobs), strict=True
+        )
+        lowered = {m: _lower(m) for m in set(model)}
+        sub_keys = list(zip(submitter, sub_region, strict=True))
+        ask_keys = list(zip(map(lowered.__getitem__, model), memory, needs, strict=True))
+        subs = {key: k for k, key in enumerate(dict.fromkeys(sub_keys))}
+        keys = {key: k for k, key in enumerate(dict.fromkeys(ask_keys))}
         regions = self._region_ids
-        rows = []
-        for job in jobs:
-            sub = subs.setdefault((job.submitter, job.submitter_region), len(subs))
-            need = job.gpus_needed
-            ask = keys.setdefault((_lower(job.gpu_model), job.min_memory_mib, need), len(keys))
-            region = -1 if job.region is None else regions.get(job.region, -2)
-            rtt_cap = -1 if job.max_rtt_ms is None else job.max_rtt_ms
-            cap = min(job.max_price_per_gpu_hour, _INT64_SAFE)
-            rows.append((sub, ask, need, cap, region, rtt_cap))
+        rtt_caps = [-1 if c is None else c for c in max_rtt]
         rtts = self._rtt_table(list(subs))
         w_price, w_rtt = self.weights.price, self.weights.rtt
         if rtts is None:
@@ -522,13 +541,20 @@ class _Prepared:
             return self._table_one_by_one(jobs)
         base = w_rtt * rtts + np.array(self.static, np.int64)[None, :]  # `base_costs`, all
         widest = int(np.abs(base).max())
-        most_gpus = max(r[2] for r in rows)
+        most_gpus = max(needs)
         largest = abs(w_price) * most_gpus * max(self.price) + widest
-        if max(largest, max(self.price), max(r[5] for r in rows), most_gpus,
+        if max(largest, max(self.price), max(rtt_caps), most_gpus,
                abs(w_price)) >= _INT64_SAFE:  # fmt: skip
             return self._table_one_by_one(jobs)
-        sub_of, key_of, need, cap, region, rtt_cap = np.array(rows, np.int64).T
-        roomy = np.array([self._roomy_row(*key) for key in keys], np.bool_).reshape(len(keys), n)
+        sub_of, key_of, need, cap, region, rtt_cap = np.array([
+            list(map(subs.__getitem__, sub_keys)),
+            list(map(keys.__getitem__, ask_keys)),
+            needs,
+            [min(c, _INT64_SAFE) for c in max_price],
+            [-1 if r is None else regions.get(r, -2) for r in job_region],
+            rtt_caps,
+        ], np.int64)  # fmt: skip
+        roomy = self._roomy_rows(list(keys))
         price = np.array(self.price, np.int64)
         fit = roomy[key_of] & (price[None, :] <= cap[:, None])
         if (region != -1).any():
@@ -595,8 +621,15 @@ class _Prepared:
         below are `fits`' (and `unfit_reason`'s) in their order: change the three together."""
         if not len(key_of):
             return []
-        has = np.array([self.has_model(model) for model, _, _ in keys], np.bool_)
-        matching = np.array([self._matching_rows[(model, memory)] for model, memory, _ in keys])
+        models, _, _, model_ids = self._spec_columns  # `has_model`, from the spec columns
+        has_of = {
+            model: np.ones(len(self.nodes), np.bool_)
+            if model is None
+            else (models == model_ids.get(model, -1)).any(axis=1)  # -1: no spec has it
+            for model in {model for model, _, _ in keys}
+        }
+        has = np.array([has_of[model] for model, _, _ in keys])
+        matching = np.array([self._matching_row(model, memory) for model, memory, _ in keys])
         m, asked, node_region = matching[key_of], need[:, None], self._node_regions
         checks = [
             ~has[key_of],

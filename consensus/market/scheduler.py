@@ -55,7 +55,7 @@ from consensus.market.fit import (
     rtt_estimate,
     unfit_reason,
 )
-from consensus.market.placement import ORDERS, _place_all, _place_greedy, _Placement
+from consensus.market.placement import ORDERS, _place_all, _place_greedy, _Placement, _queues
 from consensus.market.search import _Draws, _improve, _ruin_recreate, _swap_in, _trade_in
 
 __all__ = [
@@ -156,8 +156,9 @@ def schedule(
         table.count(j) for j in spare_of
     )
     best: tuple[int, int, _Placement, list[int]] | None = None
+    queues = _queues(by_id, spare_of)
     for order_no, order in enumerate(ORDERS):
-        state, dropped, used = _place_all(prep, by_id, cands_of, costs, cand_bits, spare_of, order)
+        state, dropped, used = _place_all(prep, by_id, cands_of, costs, cand_bits, queues[order])
         spent += used
         score = sum(c for on in state.on_node for c in on.values()) + sum(
             weights.unassigned_penalty * by_id[j].redundancy for j in dropped

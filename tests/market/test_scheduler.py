@@ -373,8 +373,9 @@ def test_candidate_table_agrees_with_one_job_at_a_time(
 
 def test_candidate_table_leaves_int64_for_huge_counts_weights_and_rtts() -> None:
     """Free nodes and a job asking 2**70 GPUs, a price weight of 2**70, a negative fallback
-    RTT of -2**70, an RTT weight of 2**63 where every RTT is 0: each would overflow int64
-    (even where prices or RTTs are 0), so the one-job path answers, with the same table."""
+    RTT of -2**70, an RTT weight of 2**63 where every RTT is 0, a measured RTT of 2**62 or
+    2**70: each would overflow int64 (even where prices or RTTs are 0), so the one-job path
+    answers, with the same table."""
     node = NodeOffer(node_id=nid(0), operator=b"op", gpus=(GpuSpec("H100", 8, 81_920),),
                      free_gpus=8, region="eu", price_per_gpu_hour=0)  # fmt: skip
     jobs = [JobRequest(job_id=jid(0), submitter=b"s" * 32, gpus_needed=2**70),
@@ -387,6 +388,12 @@ def test_candidate_table_leaves_int64_for_huge_counts_weights_and_rtts() -> None
         table = prep.candidate_table(jobs)
         assert table == CandidateTable.of_lists([prep.candidates(j) for j in jobs], prep.operator)
         assert table.list_of(0) == [] and len(table.list_of(1)) == 1
+    for measured in (2**62, 2**70):
+        far = replace(node, rtt_ms=((b"s" * 32, measured),))
+        prep = _Prepared([far], DEFAULT_WEIGHTS)
+        table = prep.candidate_table(jobs)
+        assert table == CandidateTable.of_lists([prep.candidates(j) for j in jobs], prep.operator)
+        assert table.costs == [cost(jobs[1], far)]
 
 
 def test_matching_by_array_agrees_with_node_by_node() -> None:
