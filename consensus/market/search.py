@@ -39,17 +39,24 @@ def _swap_in(
             continue
         best: tuple[int, int, int] | None = None
         """(saving, node, displaced job)."""
+        need = job.gpus_needed
         for c, i in state.cands_of[u]:
-            for a, ca in on_node[i].items():
-                b -= 1
-                if b < 0:
-                    budget[0] = b
-                    return sorted(out)
+            # One step per placed replica looked at. The budget is paid per node: running
+            # out inside a node's list returns before any swap for `u`, as running out at
+            # its start does, so paying the whole list first changes nothing.
+            placed = on_node[i]
+            b -= len(placed)
+            if b < 0:
+                budget[0] = b
+                return sorted(out)
+            for a, ca in placed.items():
+                if ca <= c:
+                    continue  # no saving
                 a_job = jobs[a]
-                if a_job.redundancy != 1 or left[i] + a_job.gpus_needed < job.gpus_needed:
+                if a_job.redundancy != 1 or left[i] + a_job.gpus_needed < need:
                     continue
                 option = (ca - c, -i, a)
-                if option[0] > 0 and (best is None or option > best):
+                if best is None or option > best:
                     best = option
         if best is not None:
             _, i, a = best
