@@ -30,7 +30,7 @@ from p2p.announcements import (
 )
 from p2p.errors import BadSignature, DecodeError
 from p2p.identity import Identity, PeerId, peer_id_from_public_key, short_peer
-from p2p.wire import Signed, sign_encoded
+from p2p.wire import EnvelopeSigner, Signed
 
 AnnouncementDecoder = Callable[[bytes], Signed[CapacityAnnouncement]]
 """Decode and verify gossip bytes, raising DecodeError/BadSignature like
@@ -199,6 +199,8 @@ class NodeCore:
         self.peers: set[PeerId] = set()
         self._addrs: tuple[str, ...] = ()
         self._seq = 0
+        self._signer = EnvelopeSigner(identity, config.chain_id)
+        self._last_announcement: CapacityAnnouncement | None = None
         self._free_gpus = sum(g.count for g in config.gpus)
         self._load_permille = 0
         self._next_announce_ms = 0
@@ -325,20 +327,32 @@ class NodeCore:
         counter) still above anything we signed before, so peers do not reject us as stale.
         """
         self._seq = max(self._seq + 1, now_ms)
-        ann = CapacityAnnouncement(
-            node_id=self.identity.public_key,
-            seq=self._seq,
-            issued_ms=now_ms,
-            expires_ms=now_ms + self.config.announcement_ttl_ms,
-            region=self.config.region,
-            gpus=self.config.gpus,
-            price_per_gpu_hour=self.config.price_per_gpu_hour,
-            free_gpus=self._free_gpus,
-            load_permille=self._load_permille,
-            gpu_source=self.config.gpu_source,
-            addrs=self._addrs[:8],
-        )
-        signed, data = sign_encoded(ann, self.identity, self.config.chain_id)
+        last = self._last_announcement
+        if last is None:
+            ann = CapacityAnnouncement(
+                node_id=self.identity.public_key,
+                seq=self._seq,
+                issued_ms=now_ms,
+                expires_ms=now_ms + self.config.announcement_ttl_ms,
+                region=self.config.region,
+                gpus=self.config.gpus,
+                price_per_gpu_hour=self.config.price_per_gpu_hour,
+                free_gpus=self._free_gpus,
+                load_permille=self._load_permille,
+                gpu_source=self.config.gpu_source,
+                addrs=self._addrs[:8],
+            )
+        else:  # identity and config are fixed, so only these can differ from our last one
+            ann = last.evolve(
+                seq=self._seq,
+                issued_ms=now_ms,
+                expires_ms=now_ms + self.config.announcement_ttl_ms,
+                free_gpus=self._free_gpus,
+                load_permille=self._load_permille,
+                addrs=self._addrs[:8],
+            )
+        self._last_announcement = ann
+        signed, data = self._signer.sign_encoded(ann)
         verdict = self.book.offer(signed, now_ms)
         if verdict is not Verdict.ACCEPTED:
             raise AssertionError(f"our own announcement was refused: {verdict}")  # our bug

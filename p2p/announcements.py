@@ -82,7 +82,8 @@ class CapacityAnnouncement(Record):
             return "expires_ms must be after issued_ms"
         if self.free_gpus > self.gpu_total:
             return f"free_gpus {self.free_gpus} exceeds the {self.gpu_total} GPUs announced"
-        if len({g.model for g in self.gpus}) != len(self.gpus):
+        gpus = self.gpus
+        if len(gpus) > 1 and len({g.model for g in gpus}) != len(gpus):  # one is unique
             return "each GPU model may appear once"
         return None
 

@@ -111,10 +111,14 @@ class BookTable:
         self._exp_arr: I64 = np.full(1, -(2**62), np.int64)
         """Every message's seq and expiry by id, with room to grow; the last item is the one
         EMPTY (-1) indexes: seq -1 and an expiry before any clock reading."""
-        self._pieces: npt.NDArray[np.uint8] = np.zeros((1, STATE_PIECE_BYTES), np.uint8)
-        """Every message's `state_piece` by id, with room to grow (the state digest reads a
-        whole book's pieces in one gather)."""
+        self._pieces: npt.NDArray[np.uint8] = np.zeros((0, STATE_PIECE_BYTES), np.uint8)
+        """Every message's `state_piece` by id (the state digest reads a whole book's pieces
+        in one gather), but for the newest, held in `_new_pieces` until the next read:
+        writing a numpy row per message cost more than the rest of `message`."""
+        self._new_pieces = bytearray()
         self._ids: dict[CapacityAnnouncement, int] = {}
+        self._last: tuple[CapacityAnnouncement | None, int] = (None, EMPTY)
+        """The record `message` answered for last, and its id."""
         self.verdicts: dict[str, int] = {}
         """Verdicts of the deliveries applied here (the cores count the rest)."""
         self.held_floor = np.full(n, UNKNOWN, np.int64)
@@ -136,6 +140,9 @@ class BookTable:
     def message(self, signed: Signed[CapacityAnnouncement]) -> int:
         """The id of an announcement (the same record always has the same id)."""
         record = signed.record
+        last_record, last_mid = self._last
+        if record is last_record:  # a wave of what a core has just offered: no hashing
+            return last_mid
         mid = self._ids.get(record)
         if mid is None:
             if record.node_id not in self.column:
@@ -150,13 +157,16 @@ class BookTable:
                 self._exp_arr = np.concatenate([self._exp_arr[:-1], np.full(more + 1, -(2**62))])
             self._seq_arr[mid] = record.seq
             self._exp_arr[mid] = record.expires_ms
-            if mid >= len(self._pieces):
-                self._pieces = np.concatenate([self._pieces, np.zeros_like(self._pieces)])
-            self._pieces[mid] = np.frombuffer(state_piece(record), np.uint8)
+            self._new_pieces += state_piece(record)
+        self._last = (record, mid)
         return mid
 
     def state_pieces(self, ids: I32) -> bytes:
         """The `state_piece`s of these messages, joined in order."""
+        if self._new_pieces:
+            new = np.frombuffer(bytes(self._new_pieces), np.uint8).reshape(-1, STATE_PIECE_BYTES)
+            self._pieces = np.concatenate([self._pieces, new])
+            self._new_pieces.clear()
         return self._pieces[ids].tobytes()
 
     def clock(self) -> int:

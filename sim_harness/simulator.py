@@ -343,6 +343,7 @@ class Simulator:
         """Receivers that take every delivery through their core: any node the plan ever
         makes Byzantine (its behaviour sees every input)."""
         self._exact_row[list(self.byzantine)] = True
+        self._any_exact = bool(self.byzantine)
         self._schedule_start(boots)
 
     # -- setup ----------------------------------------------------------------------------------
@@ -646,9 +647,14 @@ class Simulator:
         delivered."""
         table = self.table
         assert table is not None
-        keep = spread.times <= self.end_ms
-        times, rows = spread.times[keep], spread.nodes[keep]
-        exact = self._exact_row[rows]
+        # Each numpy call on a wave's ~n arrivals costs microseconds, a wave at a time: the
+        # masks below are only built where they can hold something (arrivals come in time
+        # order; most runs have no Byzantine node).
+        times, rows = spread.times, spread.nodes
+        if len(times) and times[-1] > self.end_ms:
+            keep = times <= self.end_ms
+            times, rows = times[keep], rows[keep]
+        exact = self._exact_row[rows] if self._any_exact else None
         mid = table.message(signed)
         waved, until = self._waved, self._waved_until
         while until and until[0][0] < t:  # every entry of that wave has arrived
@@ -659,19 +665,19 @@ class Simulator:
             last = max(int(times[-1]), waved[mid][1] if mid in waved else 0)
             waved[mid] = (msg, last)
             heapq.heappush(until, (last, mid))
-        tr, tt = rows[~exact], times[~exact]
+        tr, tt = (rows, times) if exact is None else (rows[~exact], times[~exact])
         to_core = table.add_wave(mid, t, msg.order, tr, tt)
-        if to_core.any():  # those books take this message through their core
+        if np.count_nonzero(to_core):  # those books take this message through their core
             late = np.zeros(len(self.names), np.bool_)
             late[tr[to_core]] = True
-            exact |= late[rows]
+            exact = late[rows] if exact is None else exact | late[rows]
             tr, tt = tr[~to_core], tt[~to_core]
-        if exact.any():
+        if exact is not None and np.count_nonzero(exact):
             late_ones = zip(times[exact].tolist(), rows[exact].tolist(), strict=True)
             self._push_deliveries(list(late_ones), msg, 1)
         if len(spread.dup_times):
             self._push_deliveries(spread.duplicates, msg, 0)
-        self._keep_latencies(tt - t)
+        self._keep_latencies(tt, t)
         self._record(t, WAVE, v, msg.digest, len(tr), arrivals_digest(tt, tr))
 
     def _hand_back(self) -> None:
@@ -841,14 +847,16 @@ class Simulator:
             self._latency = self._latency[::2]
             self._lat_stride *= 2
 
-    def _keep_latencies(self, ms: npt.NDArray[np.int64]) -> None:
-        """`_keep_latency` for a wave's first deliveries: every stride-th delivery counted
-        over the run, decimated as the list fills. A uniform sample still, but once thinned
-        not the same elements as when each delivery is a core step (another order)."""
+    def _keep_latencies(self, times: npt.NDArray[np.int64], t0: int) -> None:
+        """`_keep_latency` for a wave's first deliveries, arriving at `times` for a message
+        sent at `t0`: every stride-th delivery counted over the run, decimated as the list
+        fills. A uniform sample still, but once thinned not the same elements as when each
+        delivery is a core step (another order). Only the few kept are subtracted, in
+        Python: a numpy call on the whole wave costs more once the stride has grown."""
         seen, stride = self._lat_seen, self._lat_stride
-        self._lat_seen = seen + len(ms)
+        self._lat_seen = seen + len(times)
         first = (-(seen + 1)) % stride  # the index of the first delivery numbered k * stride
-        self._latency.extend(ms[first::stride].tolist())
+        self._latency.extend([x - t0 for x in times[first::stride].tolist()])
         while len(self._latency) >= LATENCY_SAMPLES_MAX:
             self._latency = self._latency[::2]
             self._lat_stride *= 2

@@ -34,6 +34,7 @@ from p2p.wire import (
     RECORD_KINDS,
     U64_MAX,
     Blob,
+    EnvelopeSigner,
     Record,
     Signed,
     Text,
@@ -237,6 +238,40 @@ def test_sign_encoded_is_sign_then_encode(wire: bytes) -> None:
     assert signed == sign(announcement(), ALICE, CHAIN) and data == wire == signed.encode()
     with pytest.raises(InvalidRecord, match="chain id"):
         sign_encoded(announcement(), ALICE, b"x" * (CHAIN_ID_BYTES_MAX + 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(capacity_announcements(), min_size=1, max_size=4), st.data())
+def test_an_envelope_signer_signs_like_sign_encoded(
+    records: list[CapacityAnnouncement], data: st.DataObject
+) -> None:
+    """Record after record, evolved from the last (its fields reused) or not, the same
+    envelope and the same bytes as `sign_encoded`."""
+    signer = EnvelopeSigner(ALICE, CHAIN)
+    last: CapacityAnnouncement | None = None
+    for record in records:
+        if last is not None and data.draw(st.booleans()):
+            record = last.evolve(seq=record.seq, free_gpus=min(last.free_gpus, 1))
+        assert signer.sign_encoded(record) == sign_encoded(record, ALICE, CHAIN)
+        last = record
+
+
+def test_evolve_checks_what_changes_and_keeps_the_rest() -> None:
+    base = announcement()
+    later = base.evolve(seq=base.seq + 1, addrs=base.addrs)
+    assert later == dataclasses.replace(base, seq=base.seq + 1) and later.gpu_total == 6
+    with pytest.raises(InvalidRecord, match="load_permille"):
+        base.evolve(load_permille=1001)
+    with pytest.raises(InvalidRecord, match="exceeds"):
+        base.evolve(free_gpus=9)
+    with pytest.raises(TypeError, match="no fields"):
+        base.evolve(colour=1)
+
+
+def test_pack_array_is_pack_of_the_array() -> None:
+    for n in (0, 1, 15, 16, 70_000):
+        items = [i % 300 for i in range(n)]
+        assert codec.pack_array([codec.pack(i) for i in items]) == codec.pack(items)
 
 
 def test_wrong_chain_is_a_decode_error_not_a_bad_signature(wire: bytes) -> None:
