@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from p2p.announcements import (
     TOPIC_CAPACITY,
@@ -327,29 +328,25 @@ class NodeCore:
         counter) still above anything we signed before, so peers do not reject us as stale.
         """
         self._seq = max(self._seq + 1, now_ms)
+        changing: dict[str, Any] = {
+            "seq": self._seq,
+            "issued_ms": now_ms,
+            "expires_ms": now_ms + self.config.announcement_ttl_ms,
+            "free_gpus": self._free_gpus,
+            "load_permille": self._load_permille,
+            "addrs": self._addrs[:8],
+        }
         last = self._last_announcement
-        if last is None:
+        if last is not None:  # identity and config are fixed: only the fields above change
+            ann = last.evolve(**changing)
+        else:
             ann = CapacityAnnouncement(
                 node_id=self.identity.public_key,
-                seq=self._seq,
-                issued_ms=now_ms,
-                expires_ms=now_ms + self.config.announcement_ttl_ms,
                 region=self.config.region,
                 gpus=self.config.gpus,
                 price_per_gpu_hour=self.config.price_per_gpu_hour,
-                free_gpus=self._free_gpus,
-                load_permille=self._load_permille,
                 gpu_source=self.config.gpu_source,
-                addrs=self._addrs[:8],
-            )
-        else:  # identity and config are fixed, so only these can differ from our last one
-            ann = last.evolve(
-                seq=self._seq,
-                issued_ms=now_ms,
-                expires_ms=now_ms + self.config.announcement_ttl_ms,
-                free_gpus=self._free_gpus,
-                load_permille=self._load_permille,
-                addrs=self._addrs[:8],
+                **changing,
             )
         self._last_announcement = ann
         signed, data = self._signer.sign_encoded(ann)

@@ -372,14 +372,9 @@ class Signed(Generic[R]):
     signature: bytes
 
     def encode(self) -> bytes:
-        return self._encode_with(self.record.to_wire())
-
-    def _encode_with(self, body: codec.Value) -> bytes:
-        """The envelope's bytes around the record's wire form `body` (given by a caller that
-        has just built it)."""
         rec = self.record
         return codec.pack(
-            [ENVELOPE_FORMAT, rec.KIND, rec.VERSION, self.chain_id, self.signer, body,
+            [ENVELOPE_FORMAT, rec.KIND, rec.VERSION, self.chain_id, self.signer, rec.to_wire(),
              self.signature]
         )  # fmt: skip
 
@@ -391,29 +386,20 @@ def signing_bytes(
     return codec.pack([DOMAIN_TAG, kind, version, chain_id, signer, body])
 
 
-def _sign_body(record: R, signer: Signer, chain_id: bytes) -> tuple[Signed[R], codec.Value]:
-    _check_chain_id(chain_id)
-    body = record.to_wire()
-    message = signing_bytes(record.KIND, record.VERSION, chain_id, signer.public_key, body)
-    return Signed(record, chain_id, signer.public_key, signer.sign(message)), body
-
-
 def sign(record: R, signer: Signer, chain_id: bytes) -> Signed[R]:
-    return _sign_body(record, signer, chain_id)[0]
-
-
-def sign_encoded(record: R, signer: Signer, chain_id: bytes) -> tuple[Signed[R], bytes]:
-    """`sign` and then `Signed.encode`, with the record put on the wire once for both (a node
-    announcing signs and sends in one go)."""
-    signed, body = _sign_body(record, signer, chain_id)
-    return signed, signed._encode_with(body)
+    _check_chain_id(chain_id)
+    message = signing_bytes(
+        record.KIND, record.VERSION, chain_id, signer.public_key, record.to_wire()
+    )
+    return Signed(record, chain_id, signer.public_key, signer.sign(message))
 
 
 class EnvelopeSigner:
-    """`sign_encoded` for one signer on one chain, record after record: the same signature
-    and bytes for less work. The envelope's fixed items are packed once, and a record's
-    fields that are the very objects of the previous record's (a node announces the same
-    GPUs, region and addresses every time) are not put on the wire again."""
+    """`sign` and then `Signed.encode`, for one signer on one chain, record after record:
+    the same signature and bytes for less work (a node announcing signs and sends in one
+    go). The envelope's fixed items are packed once, and a record's fields that are the very
+    objects of the previous record's (a node announces the same GPUs, region and addresses
+    every time) are not put on the wire again."""
 
     def __init__(self, signer: Signer, chain_id: bytes) -> None:
         _check_chain_id(chain_id)

@@ -339,6 +339,7 @@ class _Prepared:
         self._matching: dict[tuple[str | None, int], list[int]] = {}
         self._matching_rows: dict[tuple[str | None, int], np.ndarray] = {}
         self._has_model: dict[str | None, list[bool]] = {}
+        self._has_model_rows: dict[str | None, np.ndarray] = {}
         self._roomy: dict[tuple[str | None, int, int], list[int]] = {}
         self._rtts: dict[tuple[bytes, str | None], list[int]] = {}
         self._base: dict[tuple[bytes, str | None], list[int]] = {}
@@ -621,14 +622,7 @@ class _Prepared:
         below are `fits`' (and `unfit_reason`'s) in their order: change the three together."""
         if not len(key_of):
             return []
-        models, _, _, model_ids = self._spec_columns  # `has_model`, from the spec columns
-        has_of = {
-            model: np.ones(len(self.nodes), np.bool_)
-            if model is None
-            else (models == model_ids.get(model, -1)).any(axis=1)  # -1: no spec has it
-            for model in {model for model, _, _ in keys}
-        }
-        has = np.array([has_of[model] for model, _, _ in keys])
+        has = np.array([self._has_model_row(model) for model, _, _ in keys])
         matching = np.array([self._matching_row(model, memory) for model, memory, _ in keys])
         m, asked, node_region = matching[key_of], need[:, None], self._node_regions
         checks = [
@@ -684,10 +678,20 @@ class _Prepared:
         return _unfit_verdict(closest, len(operators), job.redundancy)
 
     def has_model(self, model: str | None) -> list[bool]:
+        """Per node, whether it offers any GPU of `model` (lower-cased; None: every node)."""
         found = self._has_model.get(model)
         if found is None:
-            found = [
-                model is None or any(g.model.lower() == model for g in n.gpus) for n in self.nodes
-            ]
-            self._has_model[model] = found
+            found = self._has_model[model] = self._has_model_row(model).tolist()
         return found
+
+    def _has_model_row(self, model: str | None) -> np.ndarray:
+        """`has_model` as a boolean row over the nodes, from the spec columns."""
+        row = self._has_model_rows.get(model)
+        if row is None:
+            if model is None:
+                row = np.ones(len(self.nodes), np.bool_)
+            else:
+                models, _, _, model_ids = self._spec_columns
+                row = (models == model_ids.get(model, -1)).any(axis=1)  # -1: no spec has it
+            self._has_model_rows[model] = row
+        return row

@@ -9,6 +9,8 @@ clock), so every member stops at the same place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from consensus.market.fit import JobRequest, _Prepared
 
 REPAIR_BUDGET = 12_000
@@ -29,7 +31,7 @@ class _Placement:
         prep: _Prepared,
         cands_of: dict[int, list[tuple[int, int]]],
         costs: dict[int, dict[int, int]],
-        cand_bits: dict[int, int],
+        cand_bits: Sequence[int],
         max_need: int,
     ) -> None:
         self.prep = prep
@@ -157,7 +159,7 @@ def _place_all(
     jobs: list[JobRequest],
     cands_of: dict[int, list[tuple[int, int]]],
     costs: dict[int, dict[int, int]],
-    cand_bits: dict[int, int],
+    cand_bits: Sequence[int],
     queue: list[int],
 ) -> tuple[_Placement, list[int], int]:
     """One placement in one job order: greedy, then repair. `queue` names the jobs to

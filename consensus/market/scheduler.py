@@ -138,7 +138,6 @@ def schedule(
         raise ValueError("job ids must be distinct")
     prep = _Prepared(nodes, weights)
     reasons: dict[int, Reason] = {}
-    cand_bits: dict[int, int] = {}
     spare_of: dict[int, int] = {}
     table = prep.candidate_table(by_id)
     cands_of = _BuiltOnRead(table.list_of)
@@ -150,7 +149,6 @@ def schedule(
             # why it does not fit. None fits: the closest node's reason (`unfit_reason`).
             reasons[j] = Reason.NOT_ENOUGH_OPERATORS if table.operators[j] else table.closest[j]
             continue
-        cand_bits[j] = table.bits[j]
         spare_of[j] = spare
     spent = len(prep.nodes) * len(by_id) // NODE_CHECKS_PER_STEP + len(ORDERS) * sum(
         table.count(j) for j in spare_of
@@ -158,7 +156,7 @@ def schedule(
     best: tuple[int, int, _Placement, list[int]] | None = None
     queues = _queues(by_id, spare_of)
     for order_no, order in enumerate(ORDERS):
-        state, dropped, used = _place_all(prep, by_id, cands_of, costs, cand_bits, queues[order])
+        state, dropped, used = _place_all(prep, by_id, cands_of, costs, table.bits, queues[order])
         spent += used
         score = sum(c for on in state.on_node for c in on.values()) + sum(
             weights.unassigned_penalty * by_id[j].redundancy for j in dropped

@@ -484,8 +484,7 @@ def test_placement_rollback_restores_the_state_exactly() -> None:
     cands_of = {j: c for j, c in cands_of.items() if c}
     costs = {j: {i: c for c, i in cands} for j, cands in cands_of.items()}
     max_need = max(jobs[j].gpus_needed for j in cands_of)
-    bits = dict(zip(cands_of, CandidateTable.of_lists(list(cands_of.values()), prep.operator).bits,
-                    strict=True))  # fmt: skip
+    bits = CandidateTable.of_lists([prep.candidates(job) for job in jobs], prep.operator).bits
     state = _Placement(prep, cands_of, costs, bits, max_need)
     for j, cands in cands_of.items():
         c, i = cands[0]

@@ -42,7 +42,6 @@ from p2p.wire import (
     decode_signed,
     register,
     sign,
-    sign_encoded,
     signing_bytes,
 )
 from tests.strategies import capacity_announcements, identities, mutated, record_instances
@@ -233,26 +232,27 @@ def test_the_envelope_decodes_as_it_was_signed(wire: bytes) -> None:
     assert back.record == announcement() and back.signer == ALICE.public_key
 
 
-def test_sign_encoded_is_sign_then_encode(wire: bytes) -> None:
-    signed, data = sign_encoded(announcement(), ALICE, CHAIN)
+def test_an_envelope_signer_is_sign_then_encode(wire: bytes) -> None:
+    signed, data = EnvelopeSigner(ALICE, CHAIN).sign_encoded(announcement())
     assert signed == sign(announcement(), ALICE, CHAIN) and data == wire == signed.encode()
     with pytest.raises(InvalidRecord, match="chain id"):
-        sign_encoded(announcement(), ALICE, b"x" * (CHAIN_ID_BYTES_MAX + 1))
+        EnvelopeSigner(ALICE, b"x" * (CHAIN_ID_BYTES_MAX + 1))
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(capacity_announcements(), min_size=1, max_size=4), st.data())
-def test_an_envelope_signer_signs_like_sign_encoded(
+def test_an_envelope_signer_signs_record_after_record_like_sign_then_encode(
     records: list[CapacityAnnouncement], data: st.DataObject
 ) -> None:
     """Record after record, evolved from the last (its fields reused) or not, the same
-    envelope and the same bytes as `sign_encoded`."""
+    envelope and the same bytes as `sign` and `Signed.encode`."""
     signer = EnvelopeSigner(ALICE, CHAIN)
     last: CapacityAnnouncement | None = None
     for record in records:
         if last is not None and data.draw(st.booleans()):
             record = last.evolve(seq=record.seq, free_gpus=min(last.free_gpus, 1))
-        assert signer.sign_encoded(record) == sign_encoded(record, ALICE, CHAIN)
+        signed = sign(record, ALICE, CHAIN)
+        assert signer.sign_encoded(record) == (signed, signed.encode())
         last = record
 
 
