@@ -170,6 +170,8 @@ class ConsensusEngine(App):
         self._reported_at: dict[bytes, int] = {}
         self.counts: dict[str, int] = {}
         self.last_commit_ms = now_ms
+        self._last_height_ms = 0
+        """How long the last height took, commit to commit (paces `_slow`)."""
         self.machine: HeightMachine | None = None
         self._hub: VoteHub | None = None
         """This height's vote routing (`consensus.vote_hub`); None: all-to-all."""
@@ -368,6 +370,7 @@ class ConsensusEngine(App):
         self._count("txs_committed", len(outcome.receipts))
         self._event("block_committed", height=h, txs=len(outcome.receipts),
                     rejected=len(outcome.rejected), round=commit.cert.round)  # fmt: skip
+        self._last_height_ms = now_ms - self.last_commit_ms
         self.last_commit_ms = now_ms
         self._relay_ticks = 0
         self._next_relay_ms = min(self._next_relay_ms, now_ms + self.config.bft.rebroadcast_ms)
@@ -486,10 +489,9 @@ class ConsensusEngine(App):
         if hub is not None and now_ms >= hub.flush_at_ms:
             self._relay_to_members(hub.take())
         if now_ms >= self._next_relay_ms:
-            rebroadcast_ms = self.config.bft.rebroadcast_ms
             self._relay_ticks += 1
             self._next_relay_ms = now_ms + self.config.bft.rebroadcast_after(self._relay_ticks)
-            if hub is not None and now_ms - self.last_commit_ms < rebroadcast_ms:
+            if hub is not None and not self._slow(now_ms):
                 self._relay = []  # a quick height: its hub relayed what mattered
             elif self._relay and self.me in self.chain.committee:
                 batch, self._relay = self._relay[:RELAY_MAX], self._relay[RELAY_MAX:]
@@ -571,8 +573,7 @@ class ConsensusEngine(App):
         hub = self._hub
         assert hub is not None
         self._seen.add(env)
-        slow = now_ms - self.last_commit_ms >= self.config.bft.rebroadcast_ms
-        to = hub.route(vote, slow=slow)
+        to = hub.route(vote, slow=self._slow(now_ms))
         if to is None:
             self._to_members(encode_frame(TAG_VOTE, env))
         elif to != self.me:
@@ -601,6 +602,18 @@ class ConsensusEngine(App):
                 self._relay_to_members(hub.take())
         elif direct and first_of_slot and signed.signer != hub.hub_of(vote.round):
             self._relay_to(hub.hub_of(vote.round), [env])
+
+    def _slow(self, now_ms: int) -> bool:
+        """Has this height run long enough that the hub may be failing us? Then votes go to
+        every member and what we received is relayed to every member (`consensus.vote_hub`),
+        about n times the frames. "Long" is `rebroadcast_ms`, or twice the last height if that
+        took longer, up to `rebroadcast_backoff_max` times `rebroadcast_ms`: on a host where
+        every height takes seconds because the members are overloaded (16 live members on 2
+        cores), a fixed second made every height slow, and the extra frames kept it so."""
+        bft = self.config.bft
+        after = min(max(bft.rebroadcast_ms, 2 * self._last_height_ms),
+                    bft.rebroadcast_ms * bft.rebroadcast_backoff_max)  # fmt: skip
+        return now_ms - self.last_commit_ms >= after
 
     def _relay_to_members(self, statements: list[bytes]) -> None:
         for i in range(0, len(statements), RELAY_MAX):

@@ -252,6 +252,7 @@ class ChainService:
                     PROTOCOL_SYNC,
                     SyncRequest(act.start, act.end).encode(),
                     timeout_ms=SYNC_TIMEOUT_MS,
+                    keep_stream=True,  # a member behind asks every second: no negotiation each
                 )
         except (RequestFailed, MessageTooLarge) as exc:
             self._count("sync_failed")

@@ -2,10 +2,14 @@
 peer, so a slow or dead peer delays only what is addressed to it, and the caller (the
 engine loop) never waits on the network.
 
-Each frame is tried a few times with a short backoff (a link may be re-forming after a
-restart); after that it is dropped and counted. A full queue drops its oldest frame: the
-consensus core re-sends what still matters on its own timers, so the newest frames are the
-ones worth keeping. Nothing here is lost silently: every drop and failure is in `stats`.
+A frame whose request fails is tried a few times with a short backoff (a link may be
+re-forming after a restart); after that it is dropped and counted. A frame whose request timed
+out is not tried again: the peer may be merely slow and may already hold it, and on an
+overloaded host (16 members on 2 cores) resending every late frame to peers that are late
+because they are busy, each time on a fresh stream, kept a committee saturated at height 0.
+A full queue drops its oldest frame: the consensus core re-sends what still matters on its
+own timers, so the newest frames are the ones worth keeping. Nothing here is lost silently:
+every drop and failure is in `stats`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import trio
 
 from node.logs import LOGGER_NAME, log_event
 from p2p.identity import short_peer
-from p2p.transport import MessageTooLarge, PeerId, RequestFailed, Transport
+from p2p.transport import MessageTooLarge, PeerId, RequestFailed, RequestTimedOut, Transport
 
 QUEUE_MAX = 256
 BATCH_FRAMES = 64
@@ -28,8 +32,11 @@ BATCH_BYTES = 1024 * 1024
 TRIES = 3
 BACKOFF_S = (0.1, 0.3)
 """Pause after the first and the second failed try."""
-REQUEST_TIMEOUT_MS = 2_000
-"""The receiver acknowledges as soon as it queued the frame: no reason to wait long."""
+REQUEST_TIMEOUT_MS = 5_000
+"""The receiver acknowledges as soon as it queued the frame, so a late acknowledgement means
+a busy or hung peer. Long enough that a busy one is waited for (each timeout also costs the
+kept stream, and a new stream a multistream negotiation on both sides), short enough that a
+hung one holds up only its own queue for a few seconds."""
 
 
 @dataclass
@@ -39,6 +46,8 @@ class SenderStats:
     dropped_queue_full: int = 0
     dropped_failed: int = 0
     """Frames given up after every try failed."""
+    timed_out: int = 0
+    """Frames given up because their acknowledgement was late (also in dropped_failed)."""
     retries: int = 0
     batched: int = 0
     """Frames that went out inside a batch with others."""
@@ -120,6 +129,10 @@ class PeerSenders:
                 )
             except MessageTooLarge as exc:  # our bug, but one frame must not stop the node
                 reason = str(exc)
+                break
+            except RequestTimedOut as exc:
+                reason = exc.reason
+                self.stats.timed_out += count
                 break
             except RequestFailed as exc:
                 reason = exc.reason

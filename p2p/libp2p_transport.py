@@ -37,6 +37,10 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamClosed, StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub import floodsub as _floodsub
+from libp2p.pubsub import gossipsub as _gossipsub
+from libp2p.pubsub import pubsub as _pubsub
+from libp2p.pubsub import utils as _pubsub_utils
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
@@ -48,6 +52,7 @@ from p2p.framing import FRAME_HEADER, FrameError, read_frame, read_frame_from, w
 from p2p.identity import Identity
 from p2p.liveness import PING_NONCE, PingMonitor
 from p2p.memory_transport import PublishPacer
+from p2p.peer_record_cache import VerifiedRecords
 from p2p.traffic_edge import BLOCKED_REASON, PolicyEdge
 from p2p.transport import (
     ConnectFailed,
@@ -58,6 +63,7 @@ from p2p.transport import (
     PeerId,
     RequestFailed,
     RequestHandler,
+    RequestTimedOut,
     TrafficPolicy,
     TransportConfig,
     TransportStats,
@@ -65,6 +71,21 @@ from p2p.transport import (
 )
 
 logger = logging.getLogger("gpumesh.libp2p")
+
+
+def _install_peer_record_cache() -> VerifiedRecords:
+    """pubsub checks the sender's signed peer record on every RPC: remember the check
+    (`p2p.peer_record_cache`), where pubsub, gossipsub and floodsub call it."""
+    current = getattr(_pubsub, "maybe_consume_signed_record", None)
+    if isinstance(current, VerifiedRecords):
+        return current
+    cache = VerifiedRecords(_pubsub_utils.maybe_consume_signed_record)
+    for module in (_pubsub, _gossipsub, _floodsub):
+        module.maybe_consume_signed_record = cache  # type: ignore[attr-defined]
+    return cache
+
+
+_peer_records = _install_peer_record_cache()
 
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 """py-libp2p's yamux by default sends a WINDOW_UPDATE frame after every read (one more
@@ -283,6 +304,7 @@ class Libp2pTransport:
                 self._nursery.start_soon(self._reannounce_topics, ID.from_base58(peer))
         for peer in sorted(before - now):
             self._pings.forget(peer)
+            _peer_records.forget(self._host, ID.from_base58(peer))
             self._ping_streams.pop(peer, None)
             # Kept streams die with their connection. Their locks stay: a request holding
             # one may still be running, and a fresh lock would let a second one race it.
@@ -429,9 +451,7 @@ class Libp2pTransport:
             self._pings.heard(peer)
             return reply
         except trio.TooSlowError:
-            raise RequestFailed(
-                peer, protocol, f"no response within {timeout_s * 1000:.0f} ms"
-            ) from None
+            raise RequestTimedOut(peer, protocol, timeout_s) from None
 
     async def _kept_try(self, peer: PeerId, protocol: str, data: bytes) -> bytes:
         pid = _parse_peer(peer)
@@ -478,8 +498,7 @@ class Libp2pTransport:
             ok = True
             return response
         except trio.TooSlowError:
-            reason = f"no response within {timeout_s * 1000:.0f} ms"
-            raise RequestFailed(peer, protocol, reason) from None
+            raise RequestTimedOut(peer, protocol, timeout_s) from None
         except (*_NET_ERRORS, FrameError) as exc:
             raise RequestFailed(peer, protocol, f"{type(exc).__name__}: {exc}") from exc
         finally:
@@ -501,6 +520,7 @@ class Libp2pTransport:
                     with trio.fail_after(self._config.request_timeout_ms / 1000):
                         request: bytes | None = await read_frame(stream, limit)
                     while request is not None:
+                        self._pings.asked(peer)  # a peer that sends us requests is alive
                         response = await handler(peer, request)
                         if len(response) > limit:
                             raise MessageTooLarge(len(response), limit, "response")

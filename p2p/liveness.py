@@ -9,7 +9,10 @@ A peer that answered one of our requests on a kept stream during the last interv
 transport calls `heard`; consensus frames travel that way) is alive without a ping: it is
 pinged only every PING_BUSY_ROUNDS intervals, to keep its round-trip time fresh. Committee
 members exchange frames all the time, and at 16 members on 2 cores the pings were as many
-frames as the transactions' forwarding.
+frames as the transactions' forwarding. A ping missed by a peer that answered us, or sent us a
+request (`asked`), within the interval does not count against it: when that host was
+saturated every member missed its pings at once, dropped every peer, and spent what CPU was
+left redialling them.
 """
 
 from __future__ import annotations
@@ -50,23 +53,32 @@ class PingMonitor:
         self._drop = drop
         self._misses: dict[PeerId, int] = {}
         self._heard_s: dict[PeerId, float] = {}
+        self._asked_s: dict[PeerId, float] = {}
         self._skipped: dict[PeerId, int] = {}
         self._nonce = 0
         self.rtt_ms: dict[PeerId, float] = {}
         """Smoothed round-trip time of each peer's pings (EWMA, weight RTT_WEIGHT)."""
         stats.extra.setdefault("pings_ok", 0)
         stats.extra.setdefault("pings_skipped_busy", 0)
+        stats.extra.setdefault("pings_missed_but_heard", 0)
 
     def forget(self, peer: PeerId) -> None:
         """A peer that left starts with a clean record when it comes back."""
         self._misses.pop(peer, None)
         self.rtt_ms.pop(peer, None)
         self._heard_s.pop(peer, None)
+        self._asked_s.pop(peer, None)
         self._skipped.pop(peer, None)
 
     def heard(self, peer: PeerId) -> None:
         """`peer` just answered a request of ours: proof of life for this interval."""
         self._heard_s[peer] = trio.current_time()
+
+    def asked(self, peer: PeerId) -> None:
+        """`peer` just sent us a request: alive, so a late ping does not count against it.
+        It is still pinged every round (unlike a peer that answers us, see `_due`): its pings
+        are what measure its round-trip time."""
+        self._asked_s[peer] = trio.current_time()
 
     def _due(self, peer: PeerId, now_s: float, interval_s: float) -> bool:
         """Ping unless the peer answered us within the interval, and then still every
@@ -110,6 +122,11 @@ class PingMonitor:
         if peer not in self._peers():
             return  # it left while we waited; the transport reports that
         self._stats.pings_missed += 1
+        interval_s = self._config.ping_interval_ms / 1000
+        alive_s = max(self._heard_s.get(peer, -1e18), self._asked_s.get(peer, -1e18))
+        if trio.current_time() - alive_s < interval_s:
+            self._stats.extra["pings_missed_but_heard"] += 1
+            return  # busy, not hung: it answered us or asked us something just now
         misses = self._misses.get(peer, 0) + 1
         self._misses[peer] = misses
         if misses < self._config.ping_misses_max:

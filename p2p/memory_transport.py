@@ -30,6 +30,7 @@ from p2p.transport import (
     PeerId,
     RequestFailed,
     RequestHandler,
+    RequestTimedOut,
     TrafficPolicy,
     TransportConfig,
     TransportStats,
@@ -355,7 +356,7 @@ class MemoryTransport:
             await pending.done.wait()
         if deadline.cancelled_caught:
             pending.scope.cancel()
-            raise RequestFailed(peer, protocol, f"no response within {timeout_s * 1000:.0f} ms")
+            raise RequestTimedOut(peer, protocol, timeout_s)
         if pending.response is None:
             raise RequestFailed(peer, protocol, pending.error)
         return pending.response

@@ -53,6 +53,16 @@ class RequestFailed(TransportError):
         self.peer, self.protocol, self.reason = peer, protocol, reason
 
 
+class RequestTimedOut(RequestFailed):
+    """No response within the deadline. Unlike a refused or broken request this is no proof
+    that the request was lost: a peer that is merely slow (an overloaded host) may already
+    have acted on it, so a sender that would only repeat itself should not try again."""
+
+    def __init__(self, peer: PeerId, protocol: str, timeout_s: float) -> None:
+        super().__init__(peer, protocol, f"no response within {timeout_s * 1000:.0f} ms")
+        self.timeout_s = timeout_s
+
+
 class ConnectFailed(TransportError):
     """A dial that did not produce a connection; carries the address and why."""
 
@@ -231,12 +241,16 @@ class TransportConfig:
     """Bound of each subscription's and the peer-event queue; overflow is counted, not hidden."""
     request_timeout_ms: int = 5_000
     ping_interval_ms: int = 2_000
-    ping_timeout_ms: int = 5_000
-    ping_misses_max: int = 3
-    """A peer that misses this many pings in a row is disconnected (catches hung peers, in
-    about 15 s). Generous on purpose: with 1 s timeouts, 20 node processes on 2 cores dropped
-    healthy but slow peers, whose redials and handshakes slowed everyone further (1,032 false
-    drops in 15 s of an idle 20-node swarm)."""
+    ping_timeout_ms: int = 10_000
+    ping_misses_max: int = 6
+    """A peer that misses this many pings in a row, and sent us nothing and answered none of
+    our requests meanwhile, is disconnected: a hung (SIGSTOPped) peer goes within about a
+    minute (a crashed one at once: its connection closes). Generous on purpose: with 1 s
+    timeouts, 20 node processes on 2 cores dropped healthy but slow peers, whose redials and
+    handshakes slowed everyone further (1,032 false drops in 15 s of an idle 20-node swarm);
+    with 5 s and 3 misses, 16 committee members on 2 cores still dropped each other while
+    starting (a ping took longer than 5 s on a saturated host) and reached height 2 after
+    68 s, against 27 s with 10 s and 6 (bench/consensus_live.py --sizes 16)."""
     gossip_heartbeat_s: int = 1
     gossip_degree: int = 6
     gossip_degree_low: int = 4

@@ -32,7 +32,7 @@ from node.chain_restore import (
 from node.chain_service import ChainService
 from node.chain_views import block_tx_ids
 from node.config import ConfigError, default_config
-from node.peer_sender import PeerSenders
+from node.peer_sender import REQUEST_TIMEOUT_MS, PeerSenders
 from node.store import NodeStore, StoreCorrupt
 from p2p.identity import Identity
 from p2p.memory_transport import MemoryNetwork
@@ -235,6 +235,35 @@ async def test_peer_senders_retry_then_drop_and_bound_their_queues(autojump_cloc
         await trio.sleep(1)
         assert got == [bytes([i]) for i in range(2, 6)]
         assert senders.stats.dropped_queue_full == 2 and senders.stats.sent == 4
+        nursery.cancel_scope.cancel()
+
+
+async def test_peer_senders_do_not_resend_a_frame_whose_ack_was_late(
+    autojump_clock: object,
+) -> None:
+    """A late acknowledgement is no proof of loss: the slow peer got the frame once, the
+    frame is counted as timed out, and the next frame goes out as usual."""
+    net = MemoryNetwork()
+    async with net.open(A) as ta, net.open(B) as tb, trio.open_nursery() as nursery:
+        got: list[bytes] = []
+
+        async def slow_handler(peer: str, data: bytes) -> bytes:
+            got.append(data)
+            if data == b"slow":
+                await trio.sleep(REQUEST_TIMEOUT_MS / 1000 + 1)
+            return b"ok"
+
+        tb.set_request_handler("/t", slow_handler)
+        await ta.connect(tb.listen_addrs[0])
+        senders = PeerSenders(ta, "/t", nursery)
+        senders.send(B.peer_id, b"slow")
+        await trio.sleep(REQUEST_TIMEOUT_MS / 1000 + 2)
+        assert got == [b"slow"]
+        assert senders.stats.timed_out == 1 and senders.stats.dropped_failed == 1
+        assert senders.stats.retries == 0 and senders.stats.sent == 0
+        senders.send(B.peer_id, b"next")
+        await trio.sleep(1)
+        assert got == [b"slow", b"next"] and senders.stats.sent == 1
         nursery.cancel_scope.cancel()
 
 

@@ -68,3 +68,49 @@ async def test_a_peer_that_answers_our_requests_is_pinged_only_every_few_rounds(
     assert len(busy) == 12 // PING_BUSY_ROUNDS  # its round trip is still measured
     assert stats.extra["pings_skipped_busy"] == 12 - len(busy)
     assert "busy" in monitor.rtt_ms
+
+
+async def test_a_peer_that_talks_to_us_is_not_dropped_for_late_pings(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On a saturated host every ping can be late while the peer still sends us frames: that
+    peer is busy, not hung, and stays. One that falls silent too is dropped as before."""
+    dropped: list[str] = []
+    connected = {"busy", "hung"}
+
+    async def round_trip(peer: str, nonce: bytes, timeout_s: float) -> bytes:
+        await trio.sleep(timeout_s)  # never answers in time
+        return b""
+
+    async def drop(peer: str) -> None:
+        dropped.append(peer)
+        connected.discard(peer)
+
+    stats = TransportStats()
+    config = TransportConfig(ping_interval_ms=1_000, ping_timeout_ms=800, ping_misses_max=3)
+    monitor = PingMonitor(
+        config, stats, round_trip=round_trip, peers=lambda: frozenset(connected),
+        drop=drop,
+    )  # fmt: skip
+    talking = trio.Event()
+
+    async def traffic() -> None:  # "busy" answers us, then asks us, 10 times a second
+        for i in range(200):
+            await trio.sleep(0.1)
+            (monitor.heard if i < 100 else monitor.asked)("busy")
+        talking.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(traffic)
+        with trio.move_on_after(20.05):
+            await monitor.run()
+        assert dropped == ["hung"]  # three late pings in a row, nothing heard from it
+        # While it answers us (to 10 s) "busy" is pinged every PING_BUSY_ROUNDS-th round (at 5
+        # and 10 s); while it asks us, every round (11 .. 19 s; 20 s's ends after the window).
+        assert PING_BUSY_ROUNDS == 5
+        assert stats.extra["pings_missed_but_heard"] == 2 + 9
+        await talking.wait()
+        with trio.move_on_after(6):
+            await monitor.run()  # "busy" fell silent: its late pings count again
+        nursery.cancel_scope.cancel()
+    assert dropped == ["hung", "busy"]
