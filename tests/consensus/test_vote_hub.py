@@ -288,3 +288,27 @@ def test_votes_for_a_junk_block_do_not_trigger_the_hubs_batch() -> None:
 def test_routing_settings_out_of_range_are_refused(field: str, value: int) -> None:
     with pytest.raises(ValueError, match=field):
         EngineConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_heights_that_are_all_slow_alike_keep_their_votes_on_the_hub() -> None:
+    """When every height takes longer than the rebroadcast interval (here an idle proposer
+    waits 500 ms for an empty block, with re-sends every 300 ms; live, members that share an
+    overloaded host), "slow" is judged against the last height: votes still go through the
+    hub, about 2n vote frames a height rather than 2n(n - 1), and the chain goes on."""
+    config = fast_config(vote_hub_from=8, empty_block_ms=500)
+    assert config.empty_block_ms > config.bft.rebroadcast_ms
+    net = Net(genesis(), OPS, config=config, seed=6)
+    net.run_until(net.all_at_least(3))
+    votes: list[bytes] = []
+
+    def tap(sender: bytes, act: SendFrame) -> None:
+        if decode_frame(act.frame)[0] == TAG_VOTE:
+            votes.append(sender)
+
+    net.tap = tap
+    h = min(net.heights())
+    net.run_until(net.all_at_least(h + 6))
+    heights = min(net.heights()) - h
+    n = len(OPS)
+    assert len(votes) / heights < 3 * n, (len(votes), heights)
+    net.assert_same_head()
