@@ -18,7 +18,6 @@ dialled; so gossipsub has no link to it at all while the policy holds.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -46,6 +45,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2p.framing import FRAME_HEADER, FrameError, read_frame, read_frame_from, write_frame
@@ -87,13 +87,37 @@ def _install_peer_record_cache() -> VerifiedRecords:
 
 _peer_records = _install_peer_record_cache()
 
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
-"""py-libp2p's yamux by default sends a WINDOW_UPDATE frame after every read (one more
-Noise-sealed socket write per frame received), although its window is 256 KiB; "0" keeps
-go-yamux's rule of one update per half window consumed. Our requests and acks are small, so
-this drops about one socket write in three on kept consensus streams: at n = 16 on 2 cores,
-~400 -> ~480 committed tx/s. The library reads the variable at each read (its
-scripts/perf/README.md lists it); an operator's own setting wins."""
+async def _credit_at_half_window(self: YamuxStream, *, bytes_read: int = 0) -> None:
+    """Replaces `YamuxStream._auto_tune_and_send_window_update`: the receiver credits the
+    sender once half its window has been read (go-yamux's rule), and still doubles the window
+    for a stream that keeps it busy (the library's auto-tuning, kept as it is).
+
+    py-libp2p 0.8.1 also sends a WINDOW_UPDATE after nearly every read, even with
+    PY_YAMUX_RELEASE_ON_READ=0 (its "partial slack" branch credits any read while the window
+    is short of full): for a small request and its response on a kept stream that is 2
+    updates beside the 2 data frames, each one more Noise-sealed socket write for the sender
+    and a read, decryption and dispatch for the receiver. On 16 committee members sharing 2
+    cores the updates were ~9% of a member's event loop. This is that function without its
+    two per-read branches."""
+    total = 0
+    async with self.window_lock:
+        self._pending_recv_release += bytes_read
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        threshold = self._grow_threshold()
+        delta = self.target_recv_window - (self.recv_window + buffered)
+        if delta >= threshold and delta > 0:
+            total = self._grow_to_delta(buffered)
+        elif self._pending_recv_release >= threshold:
+            total = self._pending_recv_release
+            self.recv_window += total
+        if total > 0:
+            self._pending_recv_release = 0
+            total += self._apply_autotune_epoch(buffered)
+    if total > 0:
+        await self.send_window_update(total, skip_lock=True)
+
+
+YamuxStream._auto_tune_and_send_window_update = _credit_at_half_window  # type: ignore[method-assign]
 
 
 async def _close_host(host: IHost) -> None:
