@@ -129,6 +129,12 @@ async def http(port: int, method: str, path: str, body: bytes = b"") -> tuple[in
     return decode_response(status_line, payload, f"{method} {path} on port {port}")
 
 
+HTTP_ERRORS = (OSError, trio.BrokenResourceError, trio.TooSlowError, ValueError)
+"""What a request to a node may raise when the node is busy, restarting or gone: counted or
+retried by the caller. trio reports a connection reset by the node as BrokenResourceError,
+which is no OSError: on a saturated host it ended a whole run with a traceback."""
+
+
 class StaleConnection(ConnectionError):
     """A kept connection the node had closed: nothing came back, so nothing was taken in."""
 
@@ -329,7 +335,7 @@ async def offer_load(
                     docs = doc.get("verdicts") or [doc] * len(items)
                     if len(docs) != len(items):
                         raise ValueError(f"{len(docs)} verdicts for {len(items)} transactions")
-            except (OSError, trio.TooSlowError, ValueError, IndexError) as exc:
+            except (*HTTP_ERRORS, IndexError) as exc:
                 phase.refused[f"http_error:{type(exc).__name__}"] += len(items)
                 for user, nonce, _, _ in items:
                     users.reissue(user, nonce)  # fate unknown: a duplicate is refused harmlessly
@@ -399,7 +405,7 @@ async def follow_chain(phase: Phase, port: int, height: int, drain_s: float) -> 
                     ours += tx_id in phase.sent
                 phase.blocks.append((seen, h, len(block["txs"]), ours))
                 height = h
-        except (OSError, trio.TooSlowError, ValueError, KeyError):
+        except (*HTTP_ERRORS, KeyError):
             await trio.sleep(0.1)  # the node is unreachable for a moment: retry, bounded above
     return height
 
@@ -444,7 +450,7 @@ async def wait_height(ports: list[int], height: int, timeout_s: float) -> list[i
                 _, snap = await http(
                     port, "GET", f"/status?wait_height={height}&timeout_ms={wait_ms}"
                 )
-            except (OSError, trio.TooSlowError, ValueError):
+            except HTTP_ERRORS:
                 await trio.sleep(0.2)  # not listening yet: retry until the deadline
                 continue
             chain = snap.get("chain")
@@ -516,7 +522,7 @@ async def stuck(
     for i, port in enumerate(ports):
         try:
             _, snap = await http(port, "GET", "/status")
-        except (OSError, trio.TooSlowError, ValueError):
+        except HTTP_ERRORS:
             rounds.append(None)
             continue
         chain = snap.get("chain") if isinstance(snap.get("chain"), dict) else {}
