@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -219,6 +220,17 @@ def test_the_example_config_loads_and_its_bootstrap_line_is_valid() -> None:
     raw = tomllib.loads(text)
     uncommented = parse_config(raw, example.resolve())
     assert len(uncommented.network.bootstrap) == 1
+
+
+def test_the_example_configs_commented_transport_knobs_are_the_defaults() -> None:
+    """examples/node.toml shows the optional transport knobs "with their defaults": they must
+    be the defaults (they had drifted: it said 1 s ping timeouts where the code waited 5 s)."""
+    text = (REPO / "examples" / "node.toml").read_text(encoding="utf-8")
+    shown = dict(re.findall(r"^# (\w+) = (\d+)", text, flags=re.MULTILINE))
+    defaults = TransportConfig()
+    knobs = {k: v for k, v in shown.items() if k in TransportConfig.__dataclass_fields__}
+    assert {"inbox_max", "request_timeout_ms", "ping_timeout_ms", "ping_misses_max"} <= set(knobs)
+    assert {k: int(v) for k, v in knobs.items()} == {k: getattr(defaults, k) for k in knobs}
 
 
 _names = st.from_regex(r"[A-Za-z0-9._-]{1,32}", fullmatch=True)
