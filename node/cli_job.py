@@ -201,7 +201,10 @@ def _summary(view: dict[str, Any]) -> str:
         text += (f": paid {view['paid']} + fee {view['fee_paid']}, refunded {view['refunded']}, "
                  f"billed {view['billed_ms']} ms on {len(view['replicas'])} replicas")  # fmt: skip
         if view.get("audit") == "wanted":
-            text += " (one drawn at random to audit)"
+            text += " (one drawn at random to audit"
+            if view.get("subsidy"):
+                text += f", paid {view['subsidy']} by the protocol, not the escrow"
+            text += ")"
     elif view.get("refunded"):
         text += f": refunded {view['refunded']}"
     return text

@@ -74,6 +74,7 @@ def _job(state: LedgerState, job: bytes, r: JobRecord) -> dict[str, object]:
         "paid": r.paid,
         "fee_paid": r.fee_paid,
         "refunded": r.refunded,
+        "subsidy": r.subsidy,
         "billed_ms": r.billed_ms,
         "closed_height": r.closed_height or None,
     }

@@ -87,6 +87,7 @@ def _install_peer_record_cache() -> VerifiedRecords:
 
 _peer_records = _install_peer_record_cache()
 
+
 async def _credit_at_half_window(self: YamuxStream, *, bytes_read: int = 0) -> None:
     """Replaces `YamuxStream._auto_tune_and_send_window_update`: the receiver credits the
     sender once half its window has been read (go-yamux's rule), and still doubles the window

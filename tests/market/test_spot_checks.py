@@ -11,6 +11,8 @@ from consensus.ledger.job_flow import spot_checked
 from consensus.ledger.job_records import SPOT_DUE, SPOT_SKIPPED, SPOT_WANTED, JobStatus
 from consensus.ledger.params import MarketParams
 from consensus.ledger.tx import Transfer
+from node.cli_job import _summary
+from node.job_views import job_view
 from tests.market.test_job_lifecycle import (
     FEE,
     OUTSIDER,
@@ -60,6 +62,10 @@ def test_an_audit_replica_joins_after_the_commits_and_the_protocol_pays_it() -> 
     assert record.paid + record.fee_paid + record.refunded == record.escrowed + record.subsidy
     fees = 3 * (pay * 500 // 10_000)
     assert m.balance(PROTOCOL_ACCOUNT) == protocol - pay + fees + 3 * FEE
+    view = job_view(m.state, job)  # what `gpumesh job status` shows says who paid what
+    assert view is not None and view["subsidy"] == pay and view["audit"] == "wanted"
+    assert view["paid"] + view["fee_paid"] + view["refunded"] == view["escrowed"] + pay  # type: ignore[operator]
+    assert f"paid {pay} by the protocol, not the escrow" in _summary(view)
 
 
 def test_an_audit_catches_a_lone_lazy_replica_in_a_blind_majority() -> None:
