@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own
     from trio_typing import TaskStatus
 
 from consensus.bft.messages import (
+    FRAME_NAMES,
     PROTOCOL_CONSENSUS,
     PROTOCOL_SYNC,
     PROTOCOL_TX,
@@ -44,6 +45,7 @@ from consensus.bft.messages import (
     SyncRequest,
     TxReply,
     encode_batch,
+    frame_tag,
 )
 from consensus.bft.tendermint import Persist
 from consensus.engine import (
@@ -212,6 +214,7 @@ class ChainService:
                 self._durable = (act.height, act.block_hash)
             elif isinstance(act, SendFrame):
                 senders.send(peer_of(act.to), act.frame)
+                self._count(f"sent_{FRAME_NAMES.get(frame_tag(act.frame), 'other')}")
             elif isinstance(act, RequestSync):
                 if peer_of(act.to) not in self._syncing:
                     self._syncing.add(peer_of(act.to))

@@ -95,6 +95,19 @@ def encode_frame(tag: int, payload: bytes) -> bytes:
     return codec.pack([tag, payload])
 
 
+FRAME_NAMES = {TAG_VOTE: "vote", TAG_TXS: "txs", TAG_BLOCKS: "blocks",
+               TAG_PROPOSAL: "proposal", TAG_RELAY: "relay", TAG_BATCH: "batch"}  # fmt: skip
+
+
+def frame_tag(frame: bytes) -> int:
+    """The tag of a frame made by `encode_frame`, read from its first two bytes (msgpack's
+    two-item array marker, then the tag as a positive fixint) without unpacking the payload:
+    for counting what a node sends. -1 for anything else."""
+    if len(frame) >= 2 and frame[0] == 0x92 and frame[1] < 0x80:
+        return frame[1]
+    return -1
+
+
 def decode_frame(data: bytes) -> tuple[int, bytes]:
     raw = codec.unpack(data, max_bytes=FRAME_BYTES_MAX)
     if not (isinstance(raw, list) and len(raw) == 2):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from consensus.bft.block import GENESIS_HASH, Block, block_hash_of, decode_block
 from consensus.bft.messages import (
+    FRAME_NAMES,
     TAG_BLOCKS,
     TAG_PROPOSAL,
     TAG_RELAY,
@@ -25,6 +26,7 @@ from consensus.bft.messages import (
     decode_frame,
     encode_frame,
     encode_proposal_frame,
+    frame_tag,
     split_proposal_payload,
 )
 from consensus.bft.votes import (
@@ -403,3 +405,11 @@ def test_any_valid_vote_round_trips(height, round_, kind, nil, block_hash) -> No
     v = Vote(height, round_, kind, NIL if nil else block_hash)
     env = sign_vote(v, M[3], CHAIN_ID).encode()
     assert decode_statement(env, CHAIN_ID).record == v
+
+
+def test_a_frames_tag_reads_from_its_head_without_unpacking() -> None:
+    for tag in FRAME_NAMES:
+        for payload in (b"", b"x", bytes(70_000)):
+            assert frame_tag(encode_frame(tag, payload)) == tag
+    assert frame_tag(b"") == -1 and frame_tag(b"\x92") == -1
+    assert frame_tag(encode_frame(300, b"x")) == -1  # not a positive fixint: not ours
