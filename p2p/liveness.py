@@ -18,6 +18,7 @@ left redialling them.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -123,7 +124,7 @@ class PingMonitor:
             return  # it left while we waited; the transport reports that
         self._stats.pings_missed += 1
         interval_s = self._config.ping_interval_ms / 1000
-        alive_s = max(self._heard_s.get(peer, -1e18), self._asked_s.get(peer, -1e18))
+        alive_s = max(self._heard_s.get(peer, -math.inf), self._asked_s.get(peer, -math.inf))
         if trio.current_time() - alive_s < interval_s:
             self._stats.extra["pings_missed_but_heard"] += 1
             return  # busy, not hung: it answered us or asked us something just now

@@ -50,8 +50,6 @@ class VerifiedRecords:
         self._accepted: weakref.WeakKeyDictionary[Any, dict[Hashable, tuple[bytes, float]]] = (
             weakref.WeakKeyDictionary()
         )
-        self.checked = 0
-        """Records the library checked."""
         self.skipped = 0
         """Records accepted as the bytes already checked."""
 
@@ -65,7 +63,6 @@ class VerifiedRecords:
         if last is not None and last[0] == raw and now - last[1] < REFRESH_S:
             self.skipped += 1
             return True
-        self.checked += 1
         ok = self._consume(msg, host, peer_id)
         if not ok:
             accepted.pop(peer_id, None)
