@@ -241,8 +241,8 @@ class JobRunner:
                               rtt_ms=rtts)  # fmt: skip
 
     def measured_rtts(self) -> tuple[PeerRtt, ...]:
-        """The transport's smoothed ping RTTs to other nodes, rounded up to RTT_STEP_MS (so a
-        little jitter does not change the offer), the closest RTTS_MAX, sorted by node."""
+        """The transport's ping RTTs to other nodes (windowed minima), rounded up to RTT_STEP_MS
+        (so a little jitter does not change the offer), the closest RTTS_MAX, sorted by node."""
         transport = self._transport
         if transport is None:
             return ()

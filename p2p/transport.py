@@ -309,8 +309,8 @@ class Transport(Protocol):
     def connected_peers(self) -> frozenset[PeerId]: ...
 
     def peer_rtt_ms(self) -> dict[PeerId, float]:
-        """Measured round-trip time to each connected peer that answered a ping (smoothed);
-        a transport that does not ping returns {}."""
+        """Measured round-trip time to each connected peer that answered enough pings
+        (a windowed minimum, p2p/liveness.py); a transport that does not ping returns {}."""
         ...
 
     async def subscribe(

@@ -1,4 +1,5 @@
-"""The ping monitor measures each peer's round-trip time (smoothed) from its pings."""
+"""The ping monitor measures each peer's round-trip time from its pings: the least of its last
+RTT_WINDOW, once it has RTT_MIN_SAMPLES, so a host's stall does not read as distance."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2p.liveness import PING_BUSY_ROUNDS, RTT_WEIGHT, PingMonitor
+from p2p.liveness import PING_BUSY_ROUNDS, RTT_MIN_SAMPLES, RTT_WINDOW, PingMonitor
 from p2p.transport import TransportConfig, TransportStats
 
 
@@ -26,12 +27,48 @@ async def test_rtts_follow_the_pings_and_are_forgotten_with_the_peer(
         TransportConfig(ping_interval_ms=1_000), TransportStats(), round_trip=round_trip,
         peers=lambda: frozenset(delays), drop=drop,
     )  # fmt: skip
-    with trio.move_on_after(2.5):
-        await monitor.run()  # two rounds, at 1 s and 2 s
-    assert monitor.rtt_ms["fast"] == pytest.approx(4.0, abs=0.5)
-    assert monitor.rtt_ms["slow"] == pytest.approx(80 + RTT_WEIGHT * (40 - 80), abs=0.5)
+    assert RTT_MIN_SAMPLES == 2
+    with trio.move_on_after(1.5):
+        await monitor.run()  # one round, at 1 s: one ping is not yet a measurement
+    assert monitor.rtt_ms == {}
+    with trio.move_on_after(1.5):
+        await monitor.run()  # a second round: each peer has two pings, its RTT is the lesser
+    assert monitor.rtt_ms == {
+        "fast": pytest.approx(4.0, abs=0.5), "slow": pytest.approx(40.0, abs=0.5),
+    }  # fmt: skip
     monitor.forget("slow")
     assert "slow" not in monitor.rtt_ms
+
+
+async def test_a_stall_does_not_read_as_distance_and_a_slower_path_shows_once_the_window_rolls(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One 1.9 s ping (the peer's host stalled) among 5 ms pings leaves the RTT at 5 ms; when
+    every ping takes 50 ms, the RTT is 50 ms after RTT_WINDOW of them."""
+    delays = [0.005, 1.9, 0.005] + [0.050] * RTT_WINDOW
+    seen: list[float] = []  # the peer's RTT before each ping, and at the end
+
+    async def round_trip(peer: str, nonce: bytes, timeout_s: float) -> bytes:
+        seen.append(round(monitor.rtt_ms.get("peer", -1.0)))
+        if not delays:
+            await trio.sleep_forever()
+        await trio.sleep(delays.pop(0))
+        return nonce
+
+    async def drop(peer: str) -> None:
+        raise AssertionError("nobody misses a ping here")
+
+    monitor = PingMonitor(
+        TransportConfig(ping_interval_ms=1_000, ping_timeout_ms=10_000), TransportStats(),
+        round_trip=round_trip, peers=lambda: frozenset({"peer"}), drop=drop,
+    )  # fmt: skip
+    with trio.move_on_after(len(delays) + 2.5):
+        await monitor.run()
+    assert delays == [] and len(seen) == 3 + RTT_WINDOW + 1  # and one more ping began
+    seen = seen[1:]  # after each ping
+    assert seen[:3] == [-1, 5, 5]  # the stall never shows
+    assert seen[3:-1] == [5] * (RTT_WINDOW - 1)  # the 5 ms ping is still in the window
+    assert seen[-1] == 50  # ... and now it has rolled out
 
 
 async def test_a_peer_that_answers_our_requests_is_pinged_only_every_few_rounds(
