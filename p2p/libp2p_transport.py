@@ -154,6 +154,7 @@ class Libp2pTransport:
         self._config = config
         self._peer_id = str(host.get_id())
         self._stats = TransportStats(extra={"pings_ok": 0})
+        _drop_seen_before_spawning(pubsub, self._stats)
         self._edge = PolicyEdge(self._stats, config.inbox_max)
         self._refusing: set[PeerId] = set()
         self._pacer = PublishPacer(config.publish_rate_per_s)
@@ -695,6 +696,34 @@ def _build_host(
     # already seen. Nanoseconds, as go-libp2p does, keep a restarted node's ids fresh.
     pubsub.counter = time.time_ns()
     return host, pubsub, router
+
+
+def _drop_seen_before_spawning(pubsub: Pubsub, stats: TransportStats) -> None:
+    """A message already seen is dropped where pubsub reads it, not in a task of its own.
+
+    py-libp2p 0.8.1 reads each RPC, keeps the messages of topics we joined
+    (`_is_subscribed_to_msg`, called there and nowhere else) and spawns a `push_msg` task for
+    each, whose first check drops a message already seen. A mesh of D to D_high peers hands a
+    node each message about that many times (13 copies of each capacity announcement at 16
+    loaded members), and a task spawn in libp2p's service manager walks its task tree: on 16
+    members sharing 2 cores, spawning and running those tasks was ~13% of a member's CPU.
+    `push_msg` does nothing else with a seen message (its blacklist checks come first and
+    only return early too), so answering "not for us" here changes no delivery; a copy that
+    arrives while the first is still being validated is not yet seen and goes on as before.
+    `gossip_copies_seen` (under /status transport) counts the copies dropped here."""
+    subscribed = pubsub._is_subscribed_to_msg
+    seen = pubsub._is_msg_seen
+    stats.extra["gossip_copies_seen"] = 0
+
+    def fresh_and_subscribed(msg: rpc_pb2.Message) -> bool:
+        if not subscribed(msg):
+            return False
+        if seen(msg):
+            stats.extra["gossip_copies_seen"] += 1
+            return False
+        return True
+
+    pubsub._is_subscribed_to_msg = fresh_and_subscribed  # type: ignore[method-assign]
 
 
 class _ToGpumeshLog(logging.Handler):
