@@ -73,6 +73,10 @@ MS_PER_MILLI_HOUR = 3_600
 HEADS_KEPT = 200
 RTT_STEP_MS = 5
 RTT_REFRESH_BLOCKS = 100
+RTT_FIRST_WAIT_BLOCKS = 50
+"""How long a node's first RTTs wait for every connected node to be measured (a peer's RTT
+needs two pings, and a peer busy answering us is pinged every fifth round) before they go on
+chain as they are; the rest then wait for the next refresh, RTT_REFRESH_BLOCKS later."""
 ANOMALY_EVERY_BLOCKS = 20
 
 
@@ -161,6 +165,8 @@ class JobRunner:
         self._sent: dict[tuple[bytes, str], int] = {}
         """(job or b"offer", step) -> the height we sent it at."""
         self._transport: Transport | None = None
+        self._rtts_since: int | None = None
+        """The height at which our first RTTs were measured (None until then)."""
         self._flagged: set[tuple[bytes, int]] = set()
         """(node, epoch) flagged from here; earlier epochs are dropped as the epoch moves."""
         self._anomaly_round = 0
@@ -225,20 +231,52 @@ class JobRunner:
         have = state.offers.get(me)
         want = self.offer
         rtts = self.measured_rtts()
-        if have is not None and (have.gpus, have.region, have.price_per_gpu_hour) == (
-            want.gpus, want.region, want.price_per_gpu_hour,
-        ):  # fmt: skip
-            # Same capacity: refresh only the RTTs, and rarely (each refresh is a transaction).
-            first = rtts and not have.rtt_ms
-            stale = state.height - have.height >= RTT_REFRESH_BLOCKS and rtts != have.rtt_ms
-            if not (first or stale):
-                return
+        # Same capacity: refresh only the RTTs, and rarely (each refresh is a transaction).
+        if (
+            have is not None
+            and (have.gpus, have.region, have.price_per_gpu_hour)
+            == (want.gpus, want.region, want.price_per_gpu_hour)
+            and not self._rtts_due(state.height, have.height, have.rtt_ms, rtts)
+        ):
+            return
         if have is None and not want.gpus:
             return
         price = want.price_per_gpu_hour
         await self._send_once(state, b"offer", "offer", OfferCapacity, gpus=want.gpus,
                               region=want.region, price_per_gpu_hour=price,
                               rtt_ms=rtts)  # fmt: skip
+
+    def _rtts_due(
+        self, height: int, offered_at: int, offered: tuple[PeerRtt, ...], rtts: tuple[PeerRtt, ...]
+    ) -> bool:
+        """Whether to put `rtts` on chain in place of the `offered` ones (an offer made at
+        `offered_at`): the first ones once ready (`_first_rtts_ready`); a node newly measured
+        while the offer lists fewer than RTTS_MAX (new information, each node once); else a
+        change, every RTT_REFRESH_BLOCKS at most."""
+        if not rtts:
+            return False
+        if not offered:
+            return self._first_rtts_ready(height, rtts)
+        listed = {r.node for r in offered}
+        if len(listed) < RTTS_MAX and any(r.node not in listed for r in rtts):
+            return True
+        return height - offered_at >= RTT_REFRESH_BLOCKS and rtts != offered
+
+    def _first_rtts_ready(self, height: int, rtts: tuple[PeerRtt, ...]) -> bool:
+        """Whether our first RTTs may go on chain: once every connected node (up to RTTS_MAX)
+        is measured, or RTT_FIRST_WAIT_BLOCKS after the first was. Published at the first
+        measurement, an offer carried one or two of its peers for the next 100 blocks."""
+        if self._rtts_since is None:
+            self._rtts_since = height
+        transport = self._transport
+        me = self.identity.public_key
+        nodes = 0
+        if transport is not None:
+            for peer in transport.connected_peers():
+                account = account_of(peer)
+                nodes += account is not None and account != me
+        complete = len(rtts) >= min(nodes, RTTS_MAX)
+        return complete or height - self._rtts_since >= RTT_FIRST_WAIT_BLOCKS
 
     def measured_rtts(self) -> tuple[PeerRtt, ...]:
         """The transport's ping RTTs to other nodes (windowed minima), rounded up to RTT_STEP_MS
