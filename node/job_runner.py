@@ -269,14 +269,15 @@ class JobRunner:
         if self._rtts_since is None:
             self._rtts_since = height
         transport = self._transport
-        me = self.identity.public_key
-        nodes = 0
-        if transport is not None:
-            for peer in transport.connected_peers():
-                account = account_of(peer)
-                nodes += account is not None and account != me
+        peers = transport.connected_peers() if transport is not None else frozenset()
+        nodes = sum(self._other_node(peer) is not None for peer in peers)
         complete = len(rtts) >= min(nodes, RTTS_MAX)
         return complete or height - self._rtts_since >= RTT_FIRST_WAIT_BLOCKS
+
+    def _other_node(self, peer: PeerId) -> bytes | None:
+        """The account of `peer` if it is another node (not us, not a non-node peer id)."""
+        account = account_of(peer)
+        return account if account is not None and account != self.identity.public_key else None
 
     def measured_rtts(self) -> tuple[PeerRtt, ...]:
         """The transport's ping RTTs to other nodes (windowed minima), rounded up to RTT_STEP_MS
@@ -286,8 +287,8 @@ class JobRunner:
             return ()
         found = []
         for peer, ms in transport.peer_rtt_ms().items():
-            account = account_of(peer)
-            if account is not None and account != self.identity.public_key:
+            account = self._other_node(peer)
+            if account is not None:
                 stepped = min(
                     RTT_MS_MAX, max(RTT_STEP_MS, math.ceil(ms / RTT_STEP_MS) * RTT_STEP_MS)
                 )
