@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,dev]'
+	@# Compile the scheduler's numba kernel into its cache now, once: otherwise the first
+	@# nodes of a fresh clone would each spend seconds compiling it while they start.
+	$(PY) -c 'from consensus.market.chain_kernel import warm_up; warm_up()'
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -26,6 +26,7 @@ import trio
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
 
+from consensus.market.chain_kernel import warm_up as warm_up_scheduler
 from node.capacity import CapacityReport, read_gpu_utilisation
 from node.chain_restore import load_chain_settings
 from node.chain_service import ChainService
@@ -150,6 +151,7 @@ class NodeRuntime:
         settings = load_chain_settings(config)  # a bad genesis stops the node here, too
         self.chain: ChainService | None = None
         if settings is not None:
+            warm_up_scheduler()  # compiled before any block needs it (seconds, the first time)
             self.chain = ChainService(
                 identity,
                 settings,

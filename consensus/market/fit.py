@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter
 
 import numpy as np
+import numpy.typing as npt
 
 from p2p.announcements import GpuSpec
 
+I64 = npt.NDArray[np.int64]
 PERMILLE = 1000
 _INT64_SAFE = 1 << 62
 """Above this, `_Prepared.candidate_table` leaves int64 for Python ints (the one-job path)."""
@@ -287,6 +289,9 @@ class CandidateTable:
     operators: list[int]
     closest: dict[int, Reason] = field(default_factory=dict, compare=False)
     """For every job no node fits: `unfit_reason`'s answer (the closest node's reason)."""
+    arrays: tuple[I64, I64, I64] | None = field(default=None, compare=False)
+    """`costs`, `nodes` and `starts` as int64 arrays, when the table was built from arrays
+    (the compiled chain search reads these; None: the lists are converted when needed)."""
 
     def list_of(self, j: int) -> list[tuple[int, int]]:
         a, b = self.starts[j], self.starts[j + 1]
@@ -567,7 +572,9 @@ class _Prepared:
         order = np.argsort(cost, axis=1, kind="stable")
         ranked = np.take_along_axis(cost, order, axis=1)
         kept = ranked < _INT64_SAFE  # each row's fitting nodes come first, in cost order
-        starts = [0, *np.cumsum(kept.sum(axis=1)).tolist()]
+        starts = np.zeros(len(jobs) + 1, np.int64)
+        np.cumsum(kept.sum(axis=1), out=starts[1:])
+        flat_costs, flat_nodes = ranked[kept], order[kept].astype(np.int64)
         width = (n + 7) // 8
         packed = np.packbits(fit, axis=1, bitorder="little").tobytes()
         nodes_of_operator: dict[bytes, list[int]] = {}
@@ -582,15 +589,16 @@ class _Prepared:
             rtts[sub_of[unfit]], price,
         )  # fmt: skip
         return CandidateTable(
-            costs=ranked[kept].tolist(),
-            nodes=order[kept].tolist(),
-            starts=starts,
+            costs=flat_costs.tolist(),
+            nodes=flat_nodes.tolist(),
+            starts=starts.tolist(),
             bits=[
                 int.from_bytes(packed[j * width : (j + 1) * width], "little")
                 for j in range(len(jobs))
             ],
             operators=operators.tolist(),
             closest=dict(zip(unfit.tolist(), closest, strict=True)),
+            arrays=(flat_costs, flat_nodes, starts),
         )
 
     def _table_one_by_one(self, jobs: Sequence[JobRequest]) -> CandidateTable:

@@ -9,9 +9,19 @@ clock), so every member stops at the same place.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
+import numpy as np
+import numpy.typing as npt
+
+from consensus.market.chain_kernel import MAX_DEPTH, Csr, KernelState, chain_search
 from consensus.market.fit import JobRequest, _Prepared
+
+Flat = tuple[Sequence[int] | npt.NDArray[np.int64], Sequence[int] | npt.NDArray[np.int64],
+             Sequence[int] | npt.NDArray[np.int64]]  # fmt: skip
+"""Every job's candidate list flat, as (costs, nodes, starts): `CandidateTable`'s lists or
+arrays."""
 
 REPAIR_BUDGET = 12_000
 """Inner steps the repair passes may take per call, shared by the job orders tried: it bounds
@@ -33,8 +43,18 @@ class _Placement:
         costs: dict[int, dict[int, int]],
         cand_bits: Sequence[int],
         max_need: int,
+        flat: Flat | None = None,
     ) -> None:
         self.prep = prep
+        self.flat = flat
+        """Every job's candidate list as flat (costs, nodes, starts), as `CandidateTable`
+        keeps them; None: built from `cands_of` when the compiled chain search first needs
+        it."""
+        self.mirror: _Mirror | None = None
+        self.max_k = 1
+        self.dirty_nodes: set[int] = set()
+        self.dirty_jobs: set[int] = set()
+        """Nodes and jobs changed since the mirror was last brought up to date."""
         self.left = list(prep.free)
         self.cand_bits = cand_bits
         """job number -> its fitting nodes as a bit set (bit i: node index i; shared)."""
@@ -58,7 +78,37 @@ class _Placement:
         """(op, job, need, node, other) per change since `mark`; None when not journaling."""
         self.delta = 0
 
+    def synced_mirror(self, jobs: Sequence[JobRequest]) -> _Mirror | None:
+        """The array mirror for the compiled chain search, brought up to date; None when a
+        cost is too large for its int64 sums. `jobs` is this call's job list (numbers as in
+        `cands_of`)."""
+        if self.mirror is None:
+            if self.flat is None:
+                lists = [self._cands_or_none(j) for j in range(len(jobs))]
+                self.flat = ([c for cands in lists for c, _ in cands],
+                             [i for cands in lists for _, i in cands],
+                             [0, *itertools.accumulate(len(cands) for cands in lists)])  # fmt: skip
+            costs = self.flat[0]
+            if isinstance(costs, np.ndarray):
+                widest = int(np.abs(costs).max()) if len(costs) else 0
+            else:
+                widest = max(map(abs, costs), default=0)
+            if widest >= _KERNEL_SAFE:
+                return None
+            self.max_k = max((job.redundancy for job in jobs), default=1)
+            self.mirror = _Mirror(self, [job.gpus_needed for job in jobs], self.flat)
+        self.mirror.sync(self)
+        return self.mirror
+
+    def _cands_or_none(self, j: int) -> list[tuple[int, int]]:
+        """Job j's candidate list, built if `cands_of` builds on read; [] if it has none."""
+        try:
+            return self.cands_of[j]
+        except KeyError:
+            return []
+
     def _room_changed(self, i: int, old: int, new: int) -> None:
+        self.dirty_nodes.add(i)
         bits, top = self.room_bits, self.max_need
         if new > old:
             bit = 1 << i
@@ -80,6 +130,7 @@ class _Placement:
         self._room_changed(i, self.left[i] + need, self.left[i])
         self.on_node[i][j] = c
         self.nodes_of.setdefault(j, []).append(i)
+        self.dirty_jobs.add(j)
         self.delta += c
         if self.journal is not None:
             self.journal.append((0, j, need, i, c))
@@ -89,6 +140,7 @@ class _Placement:
         self._room_changed(i, self.left[i] - need, self.left[i])
         placed = self.nodes_of[j]
         placed.remove(i)
+        self.dirty_jobs.add(j)
         if not placed:
             del self.nodes_of[j]
         c = self.on_node[i].pop(j)
@@ -106,6 +158,7 @@ class _Placement:
         new = self.on_node[dst][j] = self.costs[j][dst]
         placed = self.nodes_of[j]
         placed[placed.index(src)] = dst
+        self.dirty_jobs.add(j)
         self.delta += new - old
         if self.journal is not None:
             self.journal.append((2, j, need, src, dst))
@@ -127,6 +180,107 @@ class _Placement:
             else:
                 self.move(j, need, b, a)
         self.delta = 0
+
+
+_KERNEL_SAFE = 1 << 58
+"""Costs at or beyond this (absurd prices or weights) keep the search in Python ints: the
+compiled search adds up to a chain's worth of them in int64."""
+
+
+def _widened(rows: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros((rows.shape[0], width), np.int64)
+    out[:, : rows.shape[1]] = rows
+    return out
+
+
+class _Mirror:
+    """The placement as the arrays `chain_kernel.chain_search` reads: free GPUs, operator
+    ids, residents per node (sorted by job), each job's placed nodes and GPUs per replica,
+    and the candidate lists in CSR form. Kept in step lazily: `_Placement` notes each node and
+    job it changes, and `sync` rewrites just those rows before a search, so the moves of the
+    Python passes cost a set insertion each, not an array write."""
+
+    def __init__(self, state: _Placement, needs: list[int], flat: Flat) -> None:
+        prep = state.prep
+        n = len(prep.nodes)
+        self.op_index: dict[bytes, int] = {}
+        for op in prep.operator:
+            self.op_index.setdefault(op, len(self.op_index))
+        self.left = np.array(state.left, np.int64)
+        self.operator = np.array([self.op_index[op] for op in prep.operator], np.int64)
+        self.res_job = np.zeros((n, max(prep.free, default=0) + 1), np.int64)
+        self.res_cost = np.zeros_like(self.res_job)
+        self.res_n = np.zeros(n, np.int64)
+        self.job_nodes = np.zeros((len(needs), max(state.max_k, 1)), np.int64)
+        self.job_n = np.zeros(len(needs), np.int64)
+        self.needs = np.array(needs, np.int64)
+        costs, nodes, starts = flat
+        self.cands: Csr = (np.asarray(starts, np.int64), np.asarray(nodes, np.int64),
+                      np.asarray(costs, np.int64))  # fmt: skip
+        self.out = np.zeros(4 + 3 * MAX_DEPTH, np.int64)
+        self._blocked = np.zeros(len(self.op_index), np.bool_)
+        self.arrays = self._arrays()
+        state.dirty_nodes.update(range(n))
+        state.dirty_jobs.update(state.nodes_of)
+
+    def _arrays(self) -> KernelState:
+        return (self.left, self.operator, self.res_job, self.res_cost, self.res_n,
+                self.job_nodes, self.job_n, self.needs)  # fmt: skip
+
+    def sync(self, state: _Placement) -> None:
+        """Rewrite the rows of the nodes and jobs changed since the last search."""
+        dirty_nodes, dirty_jobs = state.dirty_nodes, state.dirty_jobs
+        if dirty_nodes:
+            left, on_node = state.left, state.on_node
+            mirror_left, res_n = self.left, self.res_n
+            res_job, res_cost = self.res_job, self.res_cost
+            for i in dirty_nodes:
+                mirror_left[i] = left[i]
+                here = on_node[i]
+                count = len(here)
+                if count > res_job.shape[1]:  # more residents than the node had free GPUs
+                    self._widen_residents(2 * count)
+                    res_job, res_cost = self.res_job, self.res_cost
+                res_n[i] = count
+                if count == 1:
+                    for a, c in here.items():
+                        res_job[i, 0], res_cost[i, 0] = a, c
+                elif count:
+                    ranked = sorted(here)
+                    res_job[i, :count] = ranked
+                    res_cost[i, :count] = [here[a] for a in ranked]
+            dirty_nodes.clear()
+        if dirty_jobs:
+            nodes_of, job_nodes, job_n = state.nodes_of, self.job_nodes, self.job_n
+            for a in dirty_jobs:
+                placed = nodes_of.get(a, ())
+                count = len(placed)
+                if count > job_nodes.shape[1]:
+                    self._widen_jobs(2 * count)
+                    job_nodes = self.job_nodes
+                job_n[a] = count
+                if count:
+                    job_nodes[a, :count] = placed
+            dirty_jobs.clear()
+
+    def _widen_residents(self, width: int) -> None:
+        """Room for `width` residents a node (rows kept): a node holds at most as many
+        replicas as it had free GPUs, so this is a guard, not a path."""
+        self.res_job, self.res_cost = (_widened(self.res_job, width),
+                                       _widened(self.res_cost, width))  # fmt: skip
+        self.arrays = self._arrays()
+
+    def _widen_jobs(self, width: int) -> None:
+        self.job_nodes = _widened(self.job_nodes, width)
+        self.arrays = self._arrays()
+
+    def blocked_flags(self, blocked: set[bytes]) -> np.ndarray:
+        flags = self._blocked
+        flags[:] = False
+        for op in blocked:
+            if op in self.op_index:
+                flags[self.op_index[op]] = True
+        return flags
 
 
 ORDERS = ("fewest_spare_operators", "most_replicas", "most_gpus")
@@ -161,12 +315,13 @@ def _place_all(
     costs: dict[int, dict[int, int]],
     cand_bits: Sequence[int],
     queue: list[int],
+    flat: Flat | None = None,
 ) -> tuple[_Placement, list[int], int]:
     """One placement in one job order: greedy, then repair. `queue` names the jobs to
     place, in that order (`_queues`). Returns the state, the job numbers left out for want
     of capacity, and the repair steps taken."""
     max_need = max((jobs[j].gpus_needed for j in queue), default=0)
-    state = _Placement(prep, cands_of, costs, cand_bits, max_need)
+    state = _Placement(prep, cands_of, costs, cand_bits, max_need, flat)
     left_out = [j for j in queue if not _place_greedy(state, j, jobs[j])]
     share = REPAIR_BUDGET // len(ORDERS)
     budget = [share]
@@ -211,12 +366,69 @@ def _place_tight(state: _Placement, j: int, job: JobRequest, cands: list[tuple[i
 
 CHAIN_DEPTH = 3
 """How many replicas one repair may move in a row to make room."""
+CHAIN_STEPS_PER_STEP = 16
+"""Destinations the compiled chain search looks at for one step of the budget. A step is
+meant to cost about the same time wherever it is spent; the Python passes pay one per
+replica or candidate they touch, and the compiled search (`chain_kernel`) looks at a
+destination some twenty times faster than the Python search did. Charging it at the
+Python rate left its speed unused: the same schedules, found sooner."""
+CHAIN_CALL_STEPS = 80
+"""The fixed charge of one chain search, in steps: bringing the array mirror up to date and
+crossing into compiled code cost about what 80 Python steps do, whatever the search finds.
+Without it a market with many short searches (small, one replica per job) would run past
+the time its budget was meant to bound."""
 
 _Chain = tuple[tuple[int, int, int], ...]
 """(moved job, from node, to node) for each move of a repair, in order."""
 
 
 def _best_chain(
+    state: _Placement,
+    j: int,
+    jobs: list[JobRequest],
+    cands: list[tuple[int, int]],
+    blocked: set[bytes],
+    budget: list[int],
+) -> tuple[int, int, _Chain] | None:
+    """The cheapest chain for one more replica of job j (see `_best_chain_py`, the
+    definition), searched by `chain_kernel.chain_search` on the placement's array mirror.
+    The budget is in steps: the search pays `CHAIN_CALL_STEPS`, then one step per
+    `CHAIN_STEPS_PER_STEP` destinations it looks at (rounded up). `cands` must be job j's
+    own candidate list, as every caller passes."""
+    scaled = [(budget[0] - CHAIN_CALL_STEPS) * CHAIN_STEPS_PER_STEP]
+    found = _chain_in_steps(state, j, jobs, cands, blocked, scaled)
+    budget[0] = scaled[0] // CHAIN_STEPS_PER_STEP
+    return found
+
+
+def _chain_in_steps(
+    state: _Placement,
+    j: int,
+    jobs: list[JobRequest],
+    cands: list[tuple[int, int]],
+    blocked: set[bytes],
+    budget: list[int],
+) -> tuple[int, int, _Chain] | None:
+    """`_best_chain_py` with the budget counted in destinations looked at: compiled, with
+    the same answer and the same budget left (tests/market/test_chain_kernel.py), or in
+    Python for costs beyond int64."""
+    mirror = state.synced_mirror(jobs)
+    if mirror is None:
+        return _best_chain_py(state, j, jobs, cands, blocked, budget)
+    out = mirror.out
+    budget[0] = chain_search(
+        j, mirror.blocked_flags(blocked), CHAIN_DEPTH, budget[0], mirror.arrays, mirror.cands,
+        out,
+    )  # fmt: skip
+    if not out[0]:
+        return None
+    found = out[: 4 + 3 * int(out[3])].tolist()
+    moves = found[4:]
+    chain = tuple((moves[q], moves[q + 1], moves[q + 2]) for q in range(0, len(moves), 3))
+    return found[1], found[2], chain
+
+
+def _best_chain_py(
     state: _Placement,
     j: int,
     jobs: list[JobRequest],
