@@ -495,14 +495,52 @@ async def drive(
     for rate in rates:
         log(f"  n={n}: offering {rate:g} tx/s for {warmup_s:g} s warm-up + {duration_s:g} s")
         phase = Phase(rate, trio.current_time() + 0.2, warmup_s, duration_s)
+        gc_before = await collector_figures(ports)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
                 offer_load, phase, users, ports, rng, IN_FLIGHT_MAX, batch, keep_alive
             )
             nursery.start_soon(sample_cpu, phase, [node.pid for node in swarm.nodes])
             height = await follow_chain(phase, ports[0], height, DRAIN_S)
+        phase.cpu.update(collector_delta(gc_before, await collector_figures(ports)))
         out.append(figures(n, phase))
     return {"ready_s": round(ready_s, 1), "runs": out}
+
+
+async def collector_figures(ports: list[int]) -> list[dict[str, Any] | None]:
+    """Each node's garbage-collector figures from /status ("gc": node/gc_pauses.py)."""
+    out: list[dict[str, Any] | None] = []
+    for port in ports:
+        try:
+            _, snap = await http(port, "GET", "/status")
+            out.append(snap.get("gc"))
+        except (OSError, ValueError, KeyError):
+            out.append(None)
+    return out
+
+
+def collector_delta(
+    before: list[dict[str, Any] | None], after: list[dict[str, Any] | None]
+) -> dict[str, Any]:
+    """What the nodes' collectors did during one rate: full (generation 2) collections per
+    node, the most pause time any node spent collecting (all generations), and the longest
+    single full collection on any node since it started."""
+    full, paused, longest = [], [], []
+    for b, a in zip(before, after, strict=True):
+        if not a or not b:
+            continue
+        gens_b, gens_a = b["generations"], a["generations"]
+        full.append(gens_a[2]["collections"] - gens_b[2]["collections"])
+        paused.append(sum(ga["pause_ms_total"] - gb["pause_ms_total"]
+                          for ga, gb in zip(gens_a, gens_b, strict=True)))  # fmt: skip
+        longest.append(gens_a[2]["pause_ms_max"])
+    if not full:
+        return {}
+    return {
+        "gc_full_collections_per_node": round(float(np.mean(full)), 1),
+        "gc_pause_ms_node_max": round(max(paused), 1),
+        "gc_longest_full_pause_ms": max(longest),
+    }
 
 
 async def stuck(
@@ -688,7 +726,9 @@ def main() -> int:
                     f"{r.get('loadgen_cpu_percent')}%, machine busy "
                     f"{r.get('machine_busy_percent')}% (others "
                     f"{r.get('other_processes_cpu_percent')}%), RSS/node "
-                    f"{r.get('rss_mib_per_node_mean')} MiB, meets target "
+                    f"{r.get('rss_mib_per_node_mean')} MiB, GC: "
+                    f"{r.get('gc_full_collections_per_node')} full collections/node, "
+                    f"longest {r.get('gc_longest_full_pause_ms')} ms, meets target "
                     f"{r.get('meets_target', '-')} (p99 within target "
                     f"{r.get('p99_within_target', '-')})",
                     flush=True,

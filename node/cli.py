@@ -117,6 +117,7 @@ def cmd_node_run(args: argparse.Namespace) -> int:
 
     from node.capacity import detect_capacity
     from node.config import load_config
+    from node.gc_pauses import freeze_start_up_objects
     from node.logs import configure_logging, log_event
     from node.runtime import NodeRuntime
     from p2p.keyfile import load_key_file
@@ -128,6 +129,7 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     identity = load_key_file(cfg.node.key_file)
     capacity = detect_capacity(cfg.capacity.detect, cfg.capacity.gpus)
     runtime = NodeRuntime(cfg, identity, capacity)
+    freeze_start_up_objects()  # see node/gc_pauses.py: full collections skip them from now
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own
     from trio_typing import TaskStatus
 
 from consensus.market.chain_kernel import warm_up as warm_up_scheduler
+from node import gc_pauses
 from node.capacity import CapacityReport, read_gpu_utilisation
 from node.chain_restore import load_chain_settings
 from node.chain_service import ChainService
@@ -139,6 +140,7 @@ class NodeRuntime:
         self.capacity = capacity
         self.clock_ms = clock_ms
         self.core = NodeCore(identity, core_config(config, capacity))
+        self.gc_pauses = gc_pauses.installed()
         self._open_transport = open_transport
         self._log = logging.getLogger(f"{LOGGER_NAME}.node")
         self._peers_changed = trio.Event()
@@ -429,6 +431,7 @@ class NodeRuntime:
         snap["traffic_policy"] = self.policy.as_json()
         if self.chain is not None:
             snap["chain"] = self.chain.status()
+        snap["gc"] = self.gc_pauses.as_dict()
         return snap
 
     def _probe(self) -> dict[str, object]:

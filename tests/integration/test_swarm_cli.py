@@ -60,6 +60,12 @@ def test_swarm_up_status_down(swarm_dir: Path) -> None:
     one = Swarm.load(swarm_dir).nodes[1]
     node_status = gpumesh("node", "status", "--config", str(one.config_path), "--json")
     assert json.loads(node_status.stdout)["peer_id"] == one.peer_id
+    # a real node process froze what it built at start-up (libp2p and the rest: tens of
+    # thousands of objects) and reports its collector's pauses per generation
+    collector = json.loads(node_status.stdout)["gc"]
+    assert collector["frozen_objects"] > 20_000, collector
+    assert [sorted(g) for g in collector["generations"]] == [
+        ["collections", "pause_ms_max", "pause_ms_total"]] * 3  # fmt: skip
 
     down = gpumesh("swarm", "down", "--dir", str(swarm_dir), "--json")
     assert down.returncode == 0, down.stderr
