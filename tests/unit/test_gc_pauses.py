@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
 from node.gc_pauses import GcPauses, freeze_start_up_objects, installed
 
 
@@ -50,3 +52,18 @@ def test_figures_start_afresh_after_the_start_up_freeze() -> None:
         assert pauses.collections == [0, 0, 0] and pauses.longest_s == [0.0, 0.0, 0.0]
     finally:
         gc.unfreeze()
+
+
+def test_reading_the_figures_does_not_walk_the_frozen_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/status is read many times a second under load; `gc.get_freeze_count` walks every
+    frozen object (0.6 ms at 200,000 on CPython 3.11: 16% of a loaded node's CPU)."""
+    pauses = GcPauses()
+    pauses.reset(1234)
+
+    def walks() -> int:
+        raise AssertionError("as_dict walked the frozen objects")
+
+    monkeypatch.setattr(gc, "get_freeze_count", walks)
+    assert pauses.as_dict()["frozen_objects"] == 1234
