@@ -213,6 +213,8 @@ def chain_search(
                         elif deeper and not _barred(
                             dst, start, chain, length, a, n, job_nodes, job_n, operator
                         ):
+                            # the state update is written out here and above, not a helper:
+                            # as a call (inlined or not) it cost the search 40% of its speed
                             value = base + c_cost[p]
                             key2 = dst * width + a_need - room
                             if not g_on[key2] or _better(value, start, g_val[key2], g_start[key2]):
