@@ -129,8 +129,12 @@ class Mempool:
         return tuple(out)
 
     def remove_committed(self, txs: Iterable[bytes], state: LedgerState) -> None:
-        """Drop what a block committed, and whatever its nonces made stale."""
+        """Drop what a block committed, and whatever its nonces made stale. A committed
+        transaction's verified form goes too: it is applied, and keeping it would only make
+        the collector walk it (100,000 of them, some five objects each, at the cap) until
+        the cap pushed it out; bytes that come again are verified again (and refused)."""
         for data in txs:
+            self._verified.pop(data, None)
             entry = self._pending.pop(hashlib.sha256(data).digest(), None)
             if entry is not None:
                 self._slots.pop((entry[1].signer, entry[1].record.nonce), None)

@@ -277,6 +277,20 @@ def test_remove_committed_frees_the_slot_of_an_included_but_rejected_tx(state) -
     pool.admit(tx(0, 0), state)  # nonce 0 is still the next one, and free again
 
 
+def test_committed_transactions_leave_the_verified_memory(state) -> None:
+    """What is committed is applied: its verified form is dropped with it (the collector
+    walks every object kept), while what is still pending stays verified."""
+    pool = Mempool(CHAIN_ID)
+    a0, a1 = tx(0, 0), tx(0, 1)
+    pool.admit(a0, state)
+    pool.admit(a1, state)
+    assert pool.verify(a0, state) is pool.verify(a0, state)  # remembered
+    commit(state, [a0])
+    pool.remove_committed([a0], state)
+    assert a0 not in pool._verified and a1 in pool._verified
+    assert refused(pool, a0, state) == TxCode.BAD_NONCE  # verified again, then refused
+
+
 def test_remove_committed_ignores_unknown_txs(state) -> None:
     pool = Mempool(CHAIN_ID)
     pool.admit(tx(0, 0), state)
