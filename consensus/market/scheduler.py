@@ -29,7 +29,9 @@ or trades a placed job with no more replicas for it, which is what finds the pac
 tight market needs; a last pass (`_trade_in`) tries every such trade on its result. All
 work is bounded by step counts, not a clock, and the search's draws come from a generator
 seeded by the job ids, so every member stops at the same place with the same result. The
-tests and `bench/scheduler.py` measure the result against the exact optimum (scipy).
+chains, the inner loop of repair and search, are searched by compiled integer code
+(`consensus.market.chain_kernel`) that answers as the Python definition does. The tests and
+`bench/scheduler.py` measure the result against the exact optimum (scipy).
 """
 
 from __future__ import annotations
