@@ -495,52 +495,59 @@ async def drive(
     for rate in rates:
         log(f"  n={n}: offering {rate:g} tx/s for {warmup_s:g} s warm-up + {duration_s:g} s")
         phase = Phase(rate, trio.current_time() + 0.2, warmup_s, duration_s)
-        gc_before = await collector_figures(ports)
+        nodes_before = await node_figures(ports)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
                 offer_load, phase, users, ports, rng, IN_FLIGHT_MAX, batch, keep_alive
             )
             nursery.start_soon(sample_cpu, phase, [node.pid for node in swarm.nodes])
             height = await follow_chain(phase, ports[0], height, DRAIN_S)
-        phase.cpu.update(collector_delta(gc_before, await collector_figures(ports)))
+        phase.cpu.update(node_delta(nodes_before, await node_figures(ports)))
         out.append(figures(n, phase))
     return {"ready_s": round(ready_s, 1), "runs": out}
 
 
-async def collector_figures(ports: list[int]) -> list[dict[str, Any] | None]:
-    """Each node's garbage-collector figures from /status ("gc": node/gc_pauses.py)."""
+async def node_figures(ports: list[int]) -> list[dict[str, Any] | None]:
+    """Each node's garbage-collector figures ("gc": node/gc_pauses.py) and the rounds past
+    the first that its commits needed (chain.service "rounds_failed"), from /status."""
     out: list[dict[str, Any] | None] = []
     for port in ports:
         try:
             _, snap = await http(port, "GET", "/status")
-            out.append(snap.get("gc"))
-        except (OSError, ValueError, KeyError):
+            service = snap.get("chain", {}).get("service", {})
+            out.append({"gc": snap.get("gc"), "rounds_failed": service.get("rounds_failed", 0)})
+        except (OSError, ValueError, KeyError, AttributeError):
             out.append(None)
     return out
 
 
-def collector_delta(
+def node_delta(
     before: list[dict[str, Any] | None], after: list[dict[str, Any] | None]
 ) -> dict[str, Any]:
-    """What the nodes' collectors did during one rate: full (generation 2) collections per
-    node, the most pause time any node spent collecting (all generations), and the longest
-    single full collection on any node since it started."""
-    full, paused, longest = [], [], []
+    """What the nodes did during one rate: full (generation 2) collections per node, the
+    most pause time any node spent collecting (all generations), the longest single full
+    collection on any node since it started, and the most failed rounds any node committed
+    through (a round that ended without a decision: a timeout, a slow or silent proposer)."""
+    full, paused, longest, rounds = [], [], [], []
     for b, a in zip(before, after, strict=True):
         if not a or not b:
             continue
-        gens_b, gens_a = b["generations"], a["generations"]
+        rounds.append(a["rounds_failed"] - b["rounds_failed"])
+        if not a["gc"] or not b["gc"]:
+            continue
+        gens_b, gens_a = b["gc"]["generations"], a["gc"]["generations"]
         full.append(gens_a[2]["collections"] - gens_b[2]["collections"])
         paused.append(sum(ga["pause_ms_total"] - gb["pause_ms_total"]
                           for ga, gb in zip(gens_a, gens_b, strict=True)))  # fmt: skip
         longest.append(gens_a[2]["pause_ms_max"])
-    if not full:
-        return {}
-    return {
-        "gc_full_collections_per_node": round(float(np.mean(full)), 1),
-        "gc_pause_ms_node_max": round(max(paused), 1),
-        "gc_longest_full_pause_ms": max(longest),
-    }
+    out: dict[str, Any] = {"rounds_failed": max(rounds)} if rounds else {}
+    if full:
+        out.update({
+            "gc_full_collections_per_node": round(float(np.mean(full)), 1),
+            "gc_pause_ms_node_max": round(max(paused), 1),
+            "gc_longest_full_pause_ms": max(longest),
+        })  # fmt: skip
+    return out
 
 
 async def stuck(
@@ -728,7 +735,8 @@ def main() -> int:
                     f"{r.get('other_processes_cpu_percent')}%), RSS/node "
                     f"{r.get('rss_mib_per_node_mean')} MiB, GC: "
                     f"{r.get('gc_full_collections_per_node')} full collections/node, "
-                    f"longest {r.get('gc_longest_full_pause_ms')} ms, meets target "
+                    f"longest {r.get('gc_longest_full_pause_ms')} ms, failed rounds "
+                    f"{r.get('rounds_failed')}, meets target "
                     f"{r.get('meets_target', '-')} (p99 within target "
                     f"{r.get('p99_within_target', '-')})",
                     flush=True,
