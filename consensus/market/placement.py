@@ -389,43 +389,34 @@ def _best_chain(
     cands: list[tuple[int, int]],
     blocked: set[bytes],
     budget: list[int],
+    *,
+    per_step: int = CHAIN_STEPS_PER_STEP,
+    call_steps: int = CHAIN_CALL_STEPS,
 ) -> tuple[int, int, _Chain] | None:
     """The cheapest chain for one more replica of job j (see `_best_chain_py`, the
-    definition), searched by `chain_kernel.chain_search` on the placement's array mirror.
-    The budget is in steps: the search pays `CHAIN_CALL_STEPS`, then one step per
-    `CHAIN_STEPS_PER_STEP` destinations it looks at (rounded up). `cands` must be job j's
-    own candidate list, as every caller passes."""
-    scaled = [(budget[0] - CHAIN_CALL_STEPS) * CHAIN_STEPS_PER_STEP]
-    found = _chain_in_steps(state, j, jobs, cands, blocked, scaled)
-    budget[0] = scaled[0] // CHAIN_STEPS_PER_STEP
-    return found
-
-
-def _chain_in_steps(
-    state: _Placement,
-    j: int,
-    jobs: list[JobRequest],
-    cands: list[tuple[int, int]],
-    blocked: set[bytes],
-    budget: list[int],
-) -> tuple[int, int, _Chain] | None:
-    """`_best_chain_py` with the budget counted in destinations looked at: compiled, with
-    the same answer and the same budget left (tests/market/test_chain_kernel.py), or in
-    Python for costs beyond int64."""
+    definition), searched by `chain_kernel.chain_search` on the placement's array mirror,
+    or by `_best_chain_py` itself for costs beyond int64. The budget is in steps: the search
+    pays `call_steps`, then one step per `per_step` destinations it looks at (rounded up);
+    with (1, 0) it is the definition's own count, which the tests compare.
+    `cands` must be job j's own candidate list, as every caller passes."""
+    scaled = [(budget[0] - call_steps) * per_step]
     mirror = state.synced_mirror(jobs)
     if mirror is None:
-        return _best_chain_py(state, j, jobs, cands, blocked, budget)
-    out = mirror.out
-    budget[0] = chain_search(
-        j, mirror.blocked_flags(blocked), CHAIN_DEPTH, budget[0], mirror.arrays, mirror.cands,
-        out,
-    )  # fmt: skip
-    if not out[0]:
-        return None
-    found = out[: 4 + 3 * int(out[3])].tolist()
-    moves = found[4:]
-    chain = tuple((moves[q], moves[q + 1], moves[q + 2]) for q in range(0, len(moves), 3))
-    return found[1], found[2], chain
+        found = _best_chain_py(state, j, jobs, cands, blocked, scaled)
+    else:
+        out = mirror.out
+        scaled[0] = chain_search(
+            j, mirror.blocked_flags(blocked), CHAIN_DEPTH, scaled[0], mirror.arrays,
+            mirror.cands, out,
+        )  # fmt: skip
+        found = None
+        if out[0]:
+            head = out[: 4 + 3 * int(out[3])].tolist()
+            moves = head[4:]
+            chain = tuple((moves[q], moves[q + 1], moves[q + 2]) for q in range(0, len(moves), 3))
+            found = head[1], head[2], chain
+    budget[0] = scaled[0] // per_step
+    return found
 
 
 def _best_chain_py(

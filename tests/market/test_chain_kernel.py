@@ -15,8 +15,8 @@ from bench.scheduler import quality_weights, random_instance
 from consensus.market import chain_kernel, placement
 from consensus.market.fit import JobRequest, _Prepared
 from consensus.market.placement import (
+    _best_chain,
     _best_chain_py,
-    _chain_in_steps,
     _Mirror,
     _place_all,
     _place_greedy,
@@ -72,7 +72,8 @@ def _compare_on(seed: int) -> tuple[int, int, int]:
         for b in BUDGETS:
             py_budget, kernel_budget = [b], [b]
             want = _best_chain_py(state, j, jobs, cands, blocked, py_budget)
-            got = _chain_in_steps(state, j, jobs, cands, blocked, kernel_budget)
+            got = _best_chain(state, j, jobs, cands, blocked, kernel_budget, per_step=1,
+                              call_steps=0)  # fmt: skip
             assert got == want, (seed, j, b)
             assert kernel_budget == py_budget, (seed, j, b)
             checked += 1
@@ -96,7 +97,8 @@ def test_the_mirror_follows_every_change_of_the_placement() -> None:
             blocked = {state.prep.operator[x] for x in state.nodes_of.get(j, [])}
             py_budget, kernel_budget = [5_000], [5_000]
             want = _best_chain_py(state, j, jobs, state.cands_of[j], blocked, py_budget)
-            got = _chain_in_steps(state, j, jobs, state.cands_of[j], blocked, kernel_budget)
+            got = _best_chain(state, j, jobs, state.cands_of[j], blocked, kernel_budget,
+                              per_step=1, call_steps=0)  # fmt: skip
             assert (got, kernel_budget) == (want, py_budget), (step, j)
         if step % 3 == 0:
             state.hold(i, -1)
@@ -139,11 +141,13 @@ def test_schedules_are_identical_with_the_python_search(
     compiled = schedule(jobs, nodes, weights)
     calls = []
 
-    def python_search(state: _Placement, *args: object) -> object:
+    def python_search(*args: object) -> object:
         calls.append(1)
-        return _best_chain_py(state, *args)  # type: ignore[arg-type]
+        return _best_chain_py(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(placement, "_chain_in_steps", python_search)
+    # no mirror: every search falls back to the Python definition
+    monkeypatch.setattr(_Placement, "synced_mirror", lambda self, jobs: None)
+    monkeypatch.setattr(placement, "_best_chain_py", python_search)
     assert _digest(schedule(jobs, nodes, weights)) == _digest(compiled)
     assert calls  # the Python search really ran
 
