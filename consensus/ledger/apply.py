@@ -162,13 +162,17 @@ def register_block_hook(name: str, hook: BlockHook) -> None:
 
 
 def _validate(
-    state: LedgerState, tx: Tx, ctx: BlockContext, tally: BlockTally | None
-) -> tuple[Effect, bytes]:
-    """Every check of one transaction, in the order a sender can act on; mutates nothing."""
+    state: LedgerState, tx: Tx, ctx: BlockContext, tally: BlockTally | None,
+    wire: bytes | None = None,
+) -> tuple[Effect, bytes]:  # fmt: skip
+    """Every check of one transaction, in the order a sender can act on; mutates nothing.
+    `wire` is the transaction's bytes when the caller has them (a block's): they are what
+    `tx` was decoded from, so encoding `tx` again would only give them back, at a cost."""
     params = state.params
     if tx.chain_id != state.chain_id:
         raise InvalidTransaction(TxCode.MALFORMED, f"signed for chain {tx.chain_id!r}")
-    wire = tx.encode()
+    if wire is None:
+        wire = tx.encode()
     if len(wire) > params.tx_bytes_max:
         raise InvalidTransaction(TxCode.TOO_LARGE, f"{len(wire)} bytes > {params.tx_bytes_max}")
     handler = TX_HANDLERS.get(type(tx.record))
@@ -199,11 +203,13 @@ def check_tx(
 
 
 def apply_tx(
-    state: LedgerState, tx: Tx, ctx: BlockContext, tally: BlockTally | None = None
-) -> Receipt:
+    state: LedgerState, tx: Tx, ctx: BlockContext, tally: BlockTally | None = None,
+    wire: bytes | None = None,
+) -> Receipt:  # fmt: skip
     """Apply one verified transaction (from `decode_tx`) fully, or raise InvalidTransaction
-    and leave `state` exactly as it was."""
-    effect, digest = _validate(state, tx, ctx, tally)
+    and leave `state` exactly as it was. `wire`: the bytes `tx` was decoded from, if at
+    hand (its size is checked and its id is their SHA-256, as for a rejection)."""
+    effect, digest = _validate(state, tx, ctx, tally, wire)
     record: LedgerTx = tx.record
     sender = tx.signer
     state.accounts.setdefault(sender, Account()).nonce += 1  # first: the account now persists
@@ -259,7 +265,7 @@ def apply_block(
                 )
             else:
                 tx = decode(data)
-            receipts.append(apply_tx(state, tx, ctx, tally))
+            receipts.append(apply_tx(state, tx, ctx, tally, data))
         except InvalidTransaction as exc:
             digest = hashlib.sha256(data).digest()
             rejected.append(Rejection(index, digest, exc.code, exc.reason))

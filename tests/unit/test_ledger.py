@@ -804,3 +804,19 @@ def test_clone_is_independent() -> None:
 def test_a_tx_kind_gets_one_handler() -> None:
     with pytest.raises(ValueError):
         register_tx_handler(Transfer, lambda *args: lambda: None)
+
+
+def test_a_block_s_receipts_are_ids_of_its_bytes_as_a_lone_tx_s_are() -> None:
+    """apply_block hands each transaction's bytes to apply_tx (no re-encoding): the
+    receipts' ids are the SHA-256 of those bytes, the same ids transactions applied alone
+    get from their re-encoding, and the state comes out the same either way."""
+    records = [(who, Transfer(nonce=0, fee=5, to=OP.public_key, amount=10 + n))
+               for n, who in enumerate((ALICE, BOB, CAROL))]  # fmt: skip
+    txs = [signed(who, record).encode() for who, record in records]
+    in_block, alone = fresh(), fresh()
+    outcome = block(in_block, *txs)
+    assert not outcome.rejected
+    assert [r.tx_id for r in outcome.receipts] == [hashlib.sha256(t).digest() for t in txs]
+    lone = [apply_tx(alone, signed(who, record), ctx(alone)) for who, record in records]
+    assert [r.tx_id for r in lone] == [r.tx_id for r in outcome.receipts]
+    assert alone.balance(OP.public_key) == in_block.balance(OP.public_key)
