@@ -291,7 +291,8 @@ class CandidateTable:
     """For every job no node fits: `unfit_reason`'s answer (the closest node's reason)."""
     arrays: tuple[I64, I64, I64] | None = field(default=None, compare=False)
     """`costs`, `nodes` and `starts` as int64 arrays, when the table was built from arrays
-    (the compiled chain search reads these; None: the lists are converted when needed)."""
+    (the compiled chain search reads these; None: built one job at a time, for values
+    beyond int64, and the chain search runs in Python)."""
 
     def list_of(self, j: int) -> list[tuple[int, int]]:
         a, b = self.starts[j], self.starts[j + 1]

@@ -9,7 +9,6 @@ clock), so every member stops at the same place.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,10 +17,8 @@ import numpy.typing as npt
 from consensus.market.chain_kernel import MAX_DEPTH, Csr, KernelState, chain_search
 from consensus.market.fit import JobRequest, _Prepared
 
-Flat = tuple[Sequence[int] | npt.NDArray[np.int64], Sequence[int] | npt.NDArray[np.int64],
-             Sequence[int] | npt.NDArray[np.int64]]  # fmt: skip
-"""Every job's candidate list flat, as (costs, nodes, starts): `CandidateTable`'s lists or
-arrays."""
+Flat = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]
+"""Every job's candidate list flat, as (costs, nodes, starts): `CandidateTable.arrays`."""
 
 REPAIR_BUDGET = 12_000
 """Inner steps the repair passes may take per call, shared by the job orders tried: it bounds
@@ -47,11 +44,10 @@ class _Placement:
     ) -> None:
         self.prep = prep
         self.flat = flat
-        """Every job's candidate list as flat (costs, nodes, starts), as `CandidateTable`
-        keeps them; None: built from `cands_of` when the compiled chain search first needs
-        it."""
+        """Every job's candidate list flat (`CandidateTable.arrays`), which the compiled chain
+        search reads; None (a table built one job at a time, for values beyond int64): the
+        search runs in Python."""
         self.mirror: _Mirror | None = None
-        self.max_k = 1
         self.dirty_nodes: set[int] = set()
         self.dirty_jobs: set[int] = set()
         """Nodes and jobs changed since the mirror was last brought up to date."""
@@ -79,33 +75,16 @@ class _Placement:
         self.delta = 0
 
     def synced_mirror(self, jobs: Sequence[JobRequest]) -> _Mirror | None:
-        """The array mirror for the compiled chain search, brought up to date; None when a
-        cost is too large for its int64 sums. `jobs` is this call's job list (numbers as in
-        `cands_of`)."""
+        """The array mirror for the compiled chain search, brought up to date; None when
+        there are no candidate arrays or a cost is too large for its int64 sums. `jobs` is
+        this call's job list (numbers as in `cands_of`)."""
         if self.mirror is None:
-            if self.flat is None:
-                lists = [self._cands_or_none(j) for j in range(len(jobs))]
-                self.flat = ([c for cands in lists for c, _ in cands],
-                             [i for cands in lists for _, i in cands],
-                             [0, *itertools.accumulate(len(cands) for cands in lists)])  # fmt: skip
-            costs = self.flat[0]
-            if isinstance(costs, np.ndarray):
-                widest = int(np.abs(costs).max()) if len(costs) else 0
-            else:
-                widest = max(map(abs, costs), default=0)
-            if widest >= _KERNEL_SAFE:
+            flat = self.flat
+            if flat is None or (len(flat[0]) and int(np.abs(flat[0]).max()) >= _KERNEL_SAFE):
                 return None
-            self.max_k = max((job.redundancy for job in jobs), default=1)
-            self.mirror = _Mirror(self, [job.gpus_needed for job in jobs], self.flat)
+            self.mirror = _Mirror(self, jobs, flat)
         self.mirror.sync(self)
         return self.mirror
-
-    def _cands_or_none(self, j: int) -> list[tuple[int, int]]:
-        """Job j's candidate list, built if `cands_of` builds on read; [] if it has none."""
-        try:
-            return self.cands_of[j]
-        except KeyError:
-            return []
 
     def _room_changed(self, i: int, old: int, new: int) -> None:
         self.dirty_nodes.add(i)
@@ -187,12 +166,6 @@ _KERNEL_SAFE = 1 << 58
 compiled search adds up to a chain's worth of them in int64."""
 
 
-def _widened(rows: np.ndarray, width: int) -> np.ndarray:
-    out = np.zeros((rows.shape[0], width), np.int64)
-    out[:, : rows.shape[1]] = rows
-    return out
-
-
 class _Mirror:
     """The placement as the arrays `chain_kernel.chain_search` reads: free GPUs, operator
     ids, residents per node (sorted by job), each job's placed nodes and GPUs per replica,
@@ -200,7 +173,7 @@ class _Mirror:
     job it changes, and `sync` rewrites just those rows before a search, so the moves of the
     Python passes cost a set insertion each, not an array write."""
 
-    def __init__(self, state: _Placement, needs: list[int], flat: Flat) -> None:
+    def __init__(self, state: _Placement, jobs: Sequence[JobRequest], flat: Flat) -> None:
         prep = state.prep
         n = len(prep.nodes)
         self.op_index: dict[bytes, int] = {}
@@ -208,24 +181,24 @@ class _Mirror:
             self.op_index.setdefault(op, len(self.op_index))
         self.left = np.array(state.left, np.int64)
         self.operator = np.array([self.op_index[op] for op in prep.operator], np.int64)
+        # Widths from the placement's invariants: a node holds at most as many replicas as it
+        # had free GPUs (each takes one or more, and free GPUs never go below none), and a
+        # job at most its k replicas. A row past them is a placement bug, and numpy says so.
         self.res_job = np.zeros((n, max(prep.free, default=0) + 1), np.int64)
         self.res_cost = np.zeros_like(self.res_job)
         self.res_n = np.zeros(n, np.int64)
-        self.job_nodes = np.zeros((len(needs), max(state.max_k, 1)), np.int64)
-        self.job_n = np.zeros(len(needs), np.int64)
-        self.needs = np.array(needs, np.int64)
+        widest_k = max((job.redundancy for job in jobs), default=1)
+        self.job_nodes = np.zeros((len(jobs), widest_k), np.int64)
+        self.job_n = np.zeros(len(jobs), np.int64)
+        self.needs = np.array([job.gpus_needed for job in jobs], np.int64)
         costs, nodes, starts = flat
-        self.cands: Csr = (np.asarray(starts, np.int64), np.asarray(nodes, np.int64),
-                      np.asarray(costs, np.int64))  # fmt: skip
+        self.cands: Csr = (starts, nodes, costs)
         self.out = np.zeros(4 + 3 * MAX_DEPTH, np.int64)
         self._blocked = np.zeros(len(self.op_index), np.bool_)
-        self.arrays = self._arrays()
+        self.arrays: KernelState = (self.left, self.operator, self.res_job, self.res_cost,
+                                    self.res_n, self.job_nodes, self.job_n, self.needs)  # fmt: skip
         state.dirty_nodes.update(range(n))
         state.dirty_jobs.update(state.nodes_of)
-
-    def _arrays(self) -> KernelState:
-        return (self.left, self.operator, self.res_job, self.res_cost, self.res_n,
-                self.job_nodes, self.job_n, self.needs)  # fmt: skip
 
     def sync(self, state: _Placement) -> None:
         """Rewrite the rows of the nodes and jobs changed since the last search."""
@@ -238,9 +211,6 @@ class _Mirror:
                 mirror_left[i] = left[i]
                 here = on_node[i]
                 count = len(here)
-                if count > res_job.shape[1]:  # more residents than the node had free GPUs
-                    self._widen_residents(2 * count)
-                    res_job, res_cost = self.res_job, self.res_cost
                 res_n[i] = count
                 if count == 1:
                     for a, c in here.items():
@@ -255,24 +225,10 @@ class _Mirror:
             for a in dirty_jobs:
                 placed = nodes_of.get(a, ())
                 count = len(placed)
-                if count > job_nodes.shape[1]:
-                    self._widen_jobs(2 * count)
-                    job_nodes = self.job_nodes
                 job_n[a] = count
                 if count:
                     job_nodes[a, :count] = placed
             dirty_jobs.clear()
-
-    def _widen_residents(self, width: int) -> None:
-        """Room for `width` residents a node (rows kept): a node holds at most as many
-        replicas as it had free GPUs, so this is a guard, not a path."""
-        self.res_job, self.res_cost = (_widened(self.res_job, width),
-                                       _widened(self.res_cost, width))  # fmt: skip
-        self.arrays = self._arrays()
-
-    def _widen_jobs(self, width: int) -> None:
-        self.job_nodes = _widened(self.job_nodes, width)
-        self.arrays = self._arrays()
 
     def blocked_flags(self, blocked: set[bytes]) -> np.ndarray:
         flags = self._blocked

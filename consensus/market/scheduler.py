@@ -141,8 +141,8 @@ def schedule(
     The cyclic garbage collector is paused for the call: it allocates some hundred thousand
     short-lived tuples and lists, none in a cycle (reference counting frees them all), and
     the full collections they would trigger walk the whole process heap (numba's compiler
-    included), which put 40-70 ms pauses on a few calls in a hundred (bench/scheduler.py's
-    p99 at 1,000 x 100 fell from ~70 to ~30 ms with it)."""
+    included), which put 40-70 ms pauses on a few calls in a hundred (over 200 calls at
+    1,000 x 100, p99 fell from 68-78 ms to 28-35 ms with it)."""
     with _collector_paused():
         return _schedule(jobs, nodes, weights)
 
@@ -188,7 +188,7 @@ def _schedule(
     for order_no, order in enumerate(ORDERS):
         state, dropped, used = _place_all(
             prep, by_id, cands_of, costs, table.bits, queues[order],
-            table.arrays or (table.costs, table.nodes, table.starts),
+            table.arrays,
         )  # fmt: skip
         spent += used
         score = sum(c for on in state.on_node for c in on.values()) + sum(
